@@ -1,0 +1,12 @@
+"""meta_train: truncated unrolls, gradient estimators and the outer loop that meta-trains learned optimizers."""
+
+from meta_train.estimator import Estimator
+from meta_train.horizons import ConstantHorizon, Horizon, LogUniformHorizon
+from meta_train.pes import PES, PESState
+from meta_train.trainer import Trainer, TrainerState
+from meta_train.unroll import TaskState, TruncatedUnroll
+
+__all__ = [
+    "ConstantHorizon", "Estimator", "Horizon", "LogUniformHorizon", "PES", "PESState",
+    "TaskState", "Trainer", "TrainerState", "TruncatedUnroll",
+]

@@ -1,0 +1,115 @@
+"""The outer loop: an estimator's meta-gradient applied by an optax meta-optimizer, one jitted call per step."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from meta_train.estimator import Estimator
+from meta_train.horizons import Horizon
+from meta_train.unroll import TruncatedUnroll, check_truncation
+from tasks.base import TaskFamily
+
+Array = jax.Array
+
+
+class TrainerState(NamedTuple):
+    """Everything a meta-training run needs to continue: a pytree of arrays only (keys as raw uint32 data)."""
+
+    meta_params: Any
+    meta_opt_state: Any
+    estimator_state: Any
+    key: Array
+    step: Array
+
+
+def global_norm(tree: Any) -> Array:
+    """Returns the L2 norm of all leaves of `tree` together."""
+    return optax.global_norm(tree)
+
+
+class Trainer:
+    """Meta-trains `learned_optimizer` on `family` with `estimator` and `meta_optimizer`.
+
+    A non-finite meta-gradient is not applied (the step still advances the inner runs) and
+    is counted in the metrics as `skipped_update`.
+    """
+
+    def __init__(
+        self,
+        family: TaskFamily,
+        learned_optimizer: Any,
+        estimator: Estimator,
+        horizon: Horizon,
+        meta_optimizer: Optional[optax.GradientTransformation] = None,
+        meta_loss: str = "train",
+        max_meta_loss: float = 10.0,
+    ):
+        check_truncation(horizon, estimator.trunc_length)
+        self.family = jax.device_put(family)
+        self.learned_optimizer = learned_optimizer
+        self.estimator = estimator
+        self.horizon = horizon
+        self.meta_optimizer = meta_optimizer if meta_optimizer is not None else optax.adam(1e-3)
+        self.meta_loss = meta_loss
+        self.max_meta_loss = float(max_meta_loss)
+        TruncatedUnroll(family, learned_optimizer, horizon, meta_loss, max_meta_loss)  # validates arguments
+        self._init = jax.jit(self._init_impl)
+        self._step = jax.jit(self._step_impl)
+
+    def unroll(self, family: TaskFamily) -> TruncatedUnroll:
+        """Returns the truncated unroll of this trainer for `family` (possibly a traced pytree)."""
+        return TruncatedUnroll(family, self.learned_optimizer, self.horizon, self.meta_loss, self.max_meta_loss)
+
+    def _init_impl(self, key_data: Array, family: TaskFamily, meta_params: Any) -> TrainerState:
+        key = jax.random.wrap_key_data(key_data)
+        estimator_key, next_key = jax.random.split(key)
+        estimator_state = self.estimator.init(self.unroll(family), meta_params, estimator_key)
+        return TrainerState(
+            meta_params=meta_params,
+            meta_opt_state=self.meta_optimizer.init(meta_params),
+            estimator_state=estimator_state,
+            key=jax.random.key_data(next_key),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def init(self, key: Array, meta_params: Any = None) -> TrainerState:
+        """Returns the initial state; meta-params come from the optimizer's own init unless given."""
+        key = key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
+        params_key, trainer_key = jax.random.split(key)
+        if meta_params is None:
+            meta_params = self.learned_optimizer.init(params_key)
+        return self._init(jax.random.key_data(trainer_key), self.family, meta_params)
+
+    def _step_impl(self, state: TrainerState, family: TaskFamily) -> Tuple[TrainerState, Dict[str, Array]]:
+        key, estimate_key = jax.random.split(jax.random.wrap_key_data(state.key))
+        gradient, estimator_state, metrics = self.estimator.estimate(
+            self.unroll(family), state.meta_params, state.estimator_state, estimate_key
+        )
+        gradient_norm = global_norm(gradient)
+        finite = jnp.isfinite(gradient_norm)
+        gradient = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), gradient)
+        updates, meta_opt_state = self.meta_optimizer.update(gradient, state.meta_opt_state, state.meta_params)
+        meta_params = optax.apply_updates(state.meta_params, updates)
+        meta_params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), meta_params, state.meta_params)
+        meta_opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), meta_opt_state, state.meta_opt_state
+        )
+        metrics = dict(metrics)
+        metrics["meta_grad_norm"] = jnp.where(finite, gradient_norm, jnp.nan)
+        metrics["skipped_update"] = (~finite).astype(jnp.int32)
+        metrics["meta_params_norm"] = global_norm(meta_params)
+        new_state = TrainerState(meta_params, meta_opt_state, estimator_state, jax.random.key_data(key), state.step + 1)
+        return new_state, metrics
+
+    def step(self, state: TrainerState) -> Tuple[TrainerState, Dict[str, Array]]:
+        """Runs one meta-step (one jitted call) and returns the new state and scalar metrics."""
+        return self._step(state, self.family)
+
+    @property
+    def inner_steps_per_meta_step(self) -> int:
+        """Inner training steps (over all tasks and particles) done by one meta-step."""
+        return self.estimator.num_tasks * self.estimator.num_particles * self.estimator.trunc_length

@@ -1,0 +1,158 @@
+"""Truncated inner training: a batch of tasks, each run by several particles (perturbed meta-params).
+
+A task's particles share its configuration, data, keys, step counter and horizon and differ
+only in their meta-parameters, which is what antithetic estimators need. Each inner run
+restarts with a new task and fresh parameters when its horizon is reached or when it
+diverges.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from meta_train.horizons import Horizon
+from tasks.base import TaskFamily
+
+Array = jax.Array
+
+META_LOSS_KINDS = ("train", "valid")
+
+
+class TaskState(NamedTuple):
+    """The state of one task's inner runs; `params` and `opt_state` carry a leading particle axis."""
+
+    cfg: Any
+    params: Any
+    opt_state: Any
+    step: Array
+    horizon: Array
+
+
+class TruncationResult(NamedTuple):
+    """Per-step outputs of one truncation for one task: losses are [steps, particles]."""
+
+    meta_losses: Array
+    raw_losses: Array
+    resets: Array
+    nonfinite: Array
+
+
+def _where_tree(condition: Array, on_true: Any, on_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
+def _tree_all_finite(tree: Any) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+class TruncatedUnroll:
+    """Runs truncations of inner training for one task family and one learned optimizer.
+
+    Attributes are static choices; `family` may be a traced pytree (it is passed into jit).
+    `max_meta_loss` is the value a non-finite or exploding normalised loss is clipped to.
+    """
+
+    def __init__(
+        self,
+        family: TaskFamily,
+        learned_optimizer: Any,
+        horizon: Horizon,
+        meta_loss: str = "train",
+        max_meta_loss: float = 10.0,
+    ):
+        if meta_loss not in META_LOSS_KINDS:
+            raise ValueError(f"meta_loss must be one of {META_LOSS_KINDS}, got {meta_loss!r}")
+        self.family = family
+        self.learned_optimizer = learned_optimizer
+        self.horizon = horizon
+        self.meta_loss = meta_loss
+        self.max_meta_loss = float(max_meta_loss)
+
+    def fresh_state(self, particle_meta_params: Any, key: Array, first: bool = False) -> TaskState:
+        """Returns a new inner run: a sampled task, initial params copied to every particle, step 0."""
+        cfg_key, init_key, horizon_key = jax.random.split(key, 3)
+        cfg = self.family.sample(cfg_key)
+        task = self.family.task(cfg)
+        params = task.init(init_key)
+        horizon = (self.horizon.sample_first if first else self.horizon.sample)(horizon_key)
+        num_particles = jax.tree.leaves(particle_meta_params)[0].shape[0]
+
+        def init_opt_state(theta):
+            return self.learned_optimizer.optimizer(theta, num_steps=horizon).init(params)
+
+        opt_state = jax.vmap(init_opt_state)(particle_meta_params)
+        stacked_params = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_particles,) + p.shape), params)
+        return TaskState(cfg, stacked_params, opt_state, jnp.zeros((), jnp.int32), horizon)
+
+    def init_task(self, particle_meta_params: Any, key: Array) -> TaskState:
+        """Returns a task's first inner run, with a shortened random horizon to stagger restarts."""
+        return self.fresh_state(particle_meta_params, key, first=True)
+
+    def truncation(self, particle_meta_params: Any, state: TaskState, key: Array, num_steps: int):
+        """Advances one task's particles by `num_steps` inner steps; returns (new state, TruncationResult)."""
+        fresh_key, steps_key = jax.random.split(key)
+        fresh = self.fresh_state(particle_meta_params, fresh_key)
+
+        def one_step(state: TaskState, step_key: Array):
+            task = self.family.task(state.cfg)
+            batch_key, loss_key, valid_key = jax.random.split(step_key, 3)
+            batch = task.sample_batch(batch_key, "train")
+            valid_batch = task.sample_batch(valid_key, "valid") if self.meta_loss == "valid" else None
+
+            def particle_step(theta, params, opt_state):
+                transformation = self.learned_optimizer.optimizer(theta, num_steps=state.horizon)
+                loss, grads = jax.value_and_grad(task.loss)(params, loss_key, batch)
+                updates, opt_state = transformation.update(grads, opt_state, params, loss=loss)
+                params = optax.apply_updates(params, updates)
+                if self.meta_loss == "valid":
+                    meta_loss = task.normalizer(task.loss(params, loss_key, valid_batch))
+                else:
+                    meta_loss = task.normalizer(loss)
+                return params, opt_state, loss, meta_loss
+
+            params, opt_state, raw_loss, meta_loss = jax.vmap(particle_step)(
+                particle_meta_params, state.params, state.opt_state
+            )
+            finite = jnp.isfinite(meta_loss) & jnp.isfinite(raw_loss)
+            clipped = jnp.where(finite, jnp.minimum(meta_loss, self.max_meta_loss), self.max_meta_loss)
+            diverged = ~jnp.all(finite) | ~_tree_all_finite(params)
+            step = state.step + 1
+            reset = (step >= state.horizon) | diverged
+            stepped = TaskState(state.cfg, params, opt_state, step, state.horizon)
+            new_state = _where_tree(reset, fresh, stepped)
+            nonfinite = jnp.sum(~finite).astype(jnp.int32)
+            return new_state, TruncationResult(clipped, raw_loss, reset, nonfinite)
+
+        step_keys = jax.random.split(steps_key, num_steps)
+        return jax.lax.scan(one_step, state, step_keys)
+
+
+def map_over_tasks(fn, task_map: str):
+    """Returns `fn` applied over the leading task axis of all its arguments, by 'vmap' or 'map'."""
+    if task_map == "vmap":
+        return jax.vmap(fn)
+    if task_map == "map":
+        return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
+    raise ValueError(f"task_map must be 'vmap' or 'map', got {task_map!r}")
+
+
+def check_truncation(horizon: Horizon, num_steps: int) -> None:
+    """Raises ValueError if a truncation could span more than one scheduled restart."""
+    if num_steps < 1:
+        raise ValueError(f"trunc_length must be >= 1, got {num_steps}")
+    if horizon.min_length < num_steps:
+        raise ValueError(
+            f"horizon minimum ({horizon.min_length}) is shorter than trunc_length ({num_steps}); "
+            "an inner run must last at least one truncation"
+        )
+
+
+def assert_task_batch(states: TaskState, num_tasks: int) -> None:
+    """Asserts that every leaf of a batched TaskState has a leading axis of `num_tasks`."""
+    chex.assert_tree_shape_prefix(states, (num_tasks,))
