@@ -1,0 +1,50 @@
+"""Command-line entry points: `lopt-meta-train` and `lopt-export`. Errors a user can fix are printed as one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from meta_train import config as config_lib
+
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+
+
+def _fail(err: BaseException) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def meta_train_main(argv: Optional[List[str]] = None) -> int:
+    """`lopt-meta-train --config FILE [--config.key=value ...] --workdir DIR`: runs or resumes meta-training."""
+    parser = argparse.ArgumentParser(prog="lopt-meta-train", description="Meta-train a learned optimizer from a config file.")
+    parser.add_argument("--config", required=True, help="Python config file defining get_config()")
+    parser.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, optimizer.lopt")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        from meta_train import run
+
+        config = config_lib.parse_overrides(config_lib.load_config(args.config), overrides)
+        summary = run.meta_train(config, args.workdir, show_progress=not args.no_progress)
+    except USER_ERRORS as err:
+        return _fail(err)
+    print(f"exported trained optimizer to {summary['export']}")
+    return 0
+
+
+def export_main(argv: Optional[List[str]] = None) -> int:
+    """`lopt-export --workdir DIR [--out FILE]`: writes the latest checkpoint as an export file."""
+    parser = argparse.ArgumentParser(prog="lopt-export", description="Export a run's learned optimizer to one file.")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", default=None, help="output file (default: WORKDIR/optimizer.lopt)")
+    args = parser.parse_args(argv)
+    try:
+        from meta_train import run
+
+        path = run.export_workdir(args.workdir, args.out)
+    except USER_ERRORS as err:
+        return _fail(err)
+    print(f"wrote {path}")
+    return 0

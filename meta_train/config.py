@@ -1,0 +1,274 @@
+"""Config files for meta-training runs: loading, command-line overrides, validation, and building the run.
+
+A config file is a Python file defining `get_config() -> ml_collections.ConfigDict`.
+Overrides look like `--config.meta_train.num_tasks=16`; an unknown key or a value of the
+wrong type is a one-line ConfigError, raised before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import math
+import os
+from pathlib import Path
+from typing import Any, List, NamedTuple, Sequence
+
+import ml_collections
+import optax
+
+import lopt
+import tasks
+from meta_train.estimator import Estimator
+from meta_train.horizons import ConstantHorizon, Horizon, LogUniformHorizon
+from meta_train.pes import PES
+from meta_train.trainer import Trainer
+
+ESTIMATORS = ("pes",)
+HORIZON_KINDS = ("constant", "log_uniform")
+TASK_MAPS = ("vmap", "map")
+
+
+class ConfigError(ValueError):
+    """A config file or override is unreadable, names an unknown key, or holds an invalid value."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the full set of run settings with defaults; config files start from this and change values."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data_dir = ""
+    config.task = ml_collections.ConfigDict({"family": "mlp_image", "kwargs": ml_collections.ConfigDict()})
+    config.optimizer = ml_collections.ConfigDict({"name": "mlp", "kwargs": ml_collections.ConfigDict()})
+    config.meta_train = ml_collections.ConfigDict(
+        {
+            "estimator": "pes",
+            "num_tasks": 8,
+            "trunc_length": 20,
+            "std": 0.01,
+            "horizon": "constant",
+            "horizon_length": 200,
+            "horizon_min": 100,
+            "horizon_max": 1000,
+            "meta_loss": "train",
+            "max_meta_loss": 10.0,
+            "meta_learning_rate": 1e-3,
+            "grad_clip": 1.0,
+            "num_steps": 1000,
+            "task_map": "vmap",
+        }
+    )
+    config.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3})
+    config.log_every = 10
+    config.eval = ml_collections.ConfigDict(
+        {
+            "enabled": True,
+            "num_tasks": 8,
+            "num_steps": 200,
+            "seed": 10_000,
+            "baseline": "adam",
+            "learning_rates": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0),
+            "final_batches": 8,
+        }
+    )
+    return config
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Returns `get_config()` of the Python config file at `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"lopt_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - report any error in the user's file on one line
+        raise ConfigError(f"config file {path} failed to load: {type(err).__name__}: {err}") from None
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")
+    return config
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(value: Any, current: Any, dotted: str) -> Any:
+    if current is None or isinstance(value, type(current)):
+        return value
+    if isinstance(current, bool):
+        raise ConfigError(f"--config.{dotted} expects true/false (True or False), got {value!r}")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(current, tuple) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value,)
+    raise ConfigError(
+        f"--config.{dotted} expects a {type(current).__name__} (like {current!r}), got {type(value).__name__} {value!r}"
+    )
+
+
+def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+    """Sets `config.<dotted>` from the command-line text `text`, checking the key exists and the type fits."""
+    parts = dotted.split(".")
+    node = config
+    for depth, part in enumerate(parts):
+        known = list(node.keys())
+        if part not in known:
+            where = ".".join(parts[:depth]) or "config"
+            close = difflib.get_close_matches(part, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys in {where}: {', '.join(sorted(known))}"
+            raise ConfigError(f"unknown config key --config.{dotted}{hint}")
+        if depth < len(parts) - 1:
+            node = node[part]
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise ConfigError(f"--config.{'.'.join(parts[:depth + 1])} is a value, not a group")
+    leaf = parts[-1]
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"--config.{dotted} is a group; set one of its keys: {', '.join(sorted(current.keys()))}")
+    with node.unlocked():
+        node[leaf] = _coerce(_parse_value(text), current, dotted)
+
+
+def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> ml_collections.ConfigDict:
+    """Applies `--config.key=value` (or `--config.key value`) arguments to `config` and returns it."""
+    args = list(args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--config."):
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --config.meta_train.num_tasks=16")
+        body = arg[len("--config."):]
+        if "=" in body:
+            dotted, text = body.split("=", 1)
+        elif i + 1 < len(args):
+            dotted, text = body, args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"{arg} has no value")
+        apply_override(config, dotted, text)
+        i += 1
+    return config
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str) -> None:
+    for key in config.keys():
+        if key not in reference:
+            close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+        if key != "kwargs" and isinstance(reference[key], ml_collections.ConfigDict):
+            _check_known_keys(config[key], reference[key], f"{prefix}{key}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for unknown keys or impossible values anywhere in `config`."""
+    _check_known_keys(config, base_config(), "config.")
+    mt = config.meta_train
+    _require(mt.estimator in ESTIMATORS, f"meta_train.estimator must be one of {ESTIMATORS}, got {mt.estimator!r}")
+    _require(mt.horizon in HORIZON_KINDS, f"meta_train.horizon must be one of {HORIZON_KINDS}, got {mt.horizon!r}")
+    _require(mt.task_map in TASK_MAPS, f"meta_train.task_map must be one of {TASK_MAPS}, got {mt.task_map!r}")
+    _require(mt.meta_loss in ("train", "valid"), f"meta_train.meta_loss must be 'train' or 'valid', got {mt.meta_loss!r}")
+    for key in ("num_tasks", "trunc_length", "num_steps"):
+        _require(int(mt[key]) >= 1, f"meta_train.{key} must be >= 1, got {mt[key]}")
+    for key in ("std", "meta_learning_rate", "grad_clip", "max_meta_loss"):
+        _require(float(mt[key]) > 0 and math.isfinite(float(mt[key])), f"meta_train.{key} must be positive, got {mt[key]}")
+    minimum = mt.horizon_length if mt.horizon == "constant" else mt.horizon_min
+    _require(
+        minimum >= mt.trunc_length,
+        f"the shortest inner run ({minimum} steps) must be >= meta_train.trunc_length ({mt.trunc_length})",
+    )
+    if mt.horizon == "log_uniform":
+        _require(mt.horizon_min <= mt.horizon_max, f"meta_train.horizon_min ({mt.horizon_min}) > horizon_max ({mt.horizon_max})")
+    _require(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1")
+    _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
+    if config.eval.enabled:
+        _require(config.eval.num_tasks >= 1 and config.eval.num_steps >= 1, "eval.num_tasks and eval.num_steps must be >= 1")
+        _require(len(config.eval.learning_rates) >= 1, "eval.learning_rates must list at least one learning rate")
+        _require(all(lr > 0 for lr in config.eval.learning_rates), "eval.learning_rates must be positive")
+
+
+def _kwargs(group: ml_collections.ConfigDict) -> dict:
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in group.to_dict().items()}
+
+
+def build_family(config: ml_collections.ConfigDict) -> tasks.TaskFamily:
+    """Returns the task family named in `config.task`, with `config.data_dir` passed on if the family takes one."""
+    kwargs = _kwargs(config.task.kwargs)
+    data_dir = config.data_dir or os.environ.get("LOPT_DATA_DIR", "")
+    if data_dir and "data_dir" not in kwargs and tasks.accepts_argument(config.task.family, "data_dir"):
+        kwargs["data_dir"] = data_dir
+    try:
+        return tasks.get(config.task.family, **kwargs)
+    except tasks.TaskError as err:
+        raise ConfigError(f"config.task: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.task: cannot build {config.task.family!r}: {err}") from None
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> lopt.LearnedOptimizer:
+    """Returns the learned optimizer named in `config.optimizer`."""
+    try:
+        return lopt.get(config.optimizer.name, **_kwargs(config.optimizer.kwargs))
+    except (lopt.LearnedOptimizerError, TypeError, ValueError) as err:
+        raise ConfigError(f"config.optimizer: {err}") from None
+
+
+def build_horizon(config: ml_collections.ConfigDict) -> Horizon:
+    """Returns the inner-run length schedule of `config.meta_train`."""
+    mt = config.meta_train
+    if mt.horizon == "constant":
+        return ConstantHorizon(mt.horizon_length)
+    return LogUniformHorizon(mt.horizon_min, mt.horizon_max)
+
+
+def build_estimator(config: ml_collections.ConfigDict) -> Estimator:
+    """Returns the meta-gradient estimator of `config.meta_train`."""
+    mt = config.meta_train
+    return PES(num_tasks=mt.num_tasks, trunc_length=mt.trunc_length, std=mt.std, task_map=mt.task_map)
+
+
+def build_meta_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Returns Adam with global-norm gradient clipping at the configured rate."""
+    mt = config.meta_train
+    return optax.chain(optax.clip_by_global_norm(mt.grad_clip), optax.adam(mt.meta_learning_rate))
+
+
+class Run(NamedTuple):
+    """The objects a config describes."""
+
+    family: tasks.TaskFamily
+    learned_optimizer: lopt.LearnedOptimizer
+    trainer: Trainer
+
+
+def build(config: ml_collections.ConfigDict) -> Run:
+    """Validates `config` and returns the family, learned optimizer and trainer it describes."""
+    validate(config)
+    family = build_family(config)
+    optimizer = build_optimizer(config)
+    trainer = Trainer(
+        family,
+        optimizer,
+        estimator=build_estimator(config),
+        horizon=build_horizon(config),
+        meta_optimizer=build_meta_optimizer(config),
+        meta_loss=config.meta_train.meta_loss,
+        max_meta_loss=config.meta_train.max_meta_loss,
+    )
+    return Run(family, optimizer, trainer)

@@ -1,0 +1,117 @@
+"""End-of-run evaluation report: trained vs. initial learned optimizer vs. per-task tuned baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import jax
+import ml_collections
+import numpy as np
+
+import lopt
+from meta_train import evaluate
+
+EVAL_FILE = "eval.json"
+PLOT_FILE = "eval_curves.png"
+
+
+def _row(name: str, curves: evaluate.Curves, reference: np.ndarray) -> Dict[str, Any]:
+    finals = curves.final_losses
+    return {
+        "optimizer": name,
+        "mean_final_loss": float(np.mean(finals)),
+        "median_final_loss": float(np.median(finals)),
+        "mean_final_normalized": float(np.mean(curves.final_normalized)),
+        "tasks_better_than_tuned_baseline": int(np.sum(finals < reference)),
+        "final_losses": [float(x) for x in finals],
+    }
+
+
+def format_table(rows, num_tasks: int) -> str:
+    """Returns the evaluation rows as a fixed-width text table."""
+    header = f"{'optimizer':<28}{'mean final':>12}{'median final':>14}{'normalised':>12}{'beats tuned':>13}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['optimizer']:<28}{row['mean_final_loss']:>12.4f}{row['median_final_loss']:>14.4f}"
+            f"{row['mean_final_normalized']:>12.4f}{row['tasks_better_than_tuned_baseline']:>9d}/{num_tasks:<3d}"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(named_curves: Dict[str, evaluate.Curves], path: Path, title: str) -> None:
+    """Saves mean training loss against step (with min-max band over tasks), log scale, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, curves in named_curves.items():
+        losses = np.where(np.isfinite(curves.train_losses), curves.train_losses, np.nan)
+        steps = np.arange(1, losses.shape[1] + 1)
+        axis.plot(steps, np.nanmean(losses, axis=0), label=name)
+        axis.fill_between(steps, np.nanmin(losses, axis=0), np.nanmax(losses, axis=0), alpha=0.15)
+    axis.set_yscale("log")
+    axis.set_xlabel("inner step")
+    axis.set_ylabel("training loss (batch)")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, workdir: Path) -> Dict[str, Any]:
+    """Evaluates trained and initial meta-params and the tuned baseline on held-out tasks; prints and saves a report."""
+    settings = config.eval
+    keys = evaluate.held_out_task_keys(settings.seed, settings.num_tasks)
+    optimizer = run.learned_optimizer
+    initial = optimizer.init(jax.random.split(jax.random.key(config.seed))[0])
+    trained_curves = evaluate.train_curves(run.family, optimizer, meta_params, keys, settings.num_steps, settings.final_batches)
+    initial_curves = evaluate.train_curves(run.family, optimizer, initial, keys, settings.num_steps, settings.final_batches)
+    baseline = lopt.get(settings.baseline)
+    tuned = evaluate.tuned_baseline_curves(
+        run.family, baseline, settings.learning_rates, keys, settings.num_steps, settings.final_batches
+    )
+    reference = tuned["curves"].final_losses
+    baseline_name = f"{settings.baseline} (lr tuned per task)"
+    rows = [
+        _row(f"{optimizer.name} (meta-trained)", trained_curves, reference),
+        _row(f"{optimizer.name} (initial)", initial_curves, reference),
+        _row(baseline_name, tuned["curves"], reference),
+    ]
+    speedups = []
+    for t in range(settings.num_tasks):
+        reached = evaluate.first_step_reaching(trained_curves.train_losses[t], float(np.mean(tuned["curves"].train_losses[t, -10:])))
+        speedups.append(settings.num_steps / reached if reached > 0 else 0.0)
+    table = format_table(rows, settings.num_tasks)
+    print(f"\nheld-out evaluation: {settings.num_tasks} tasks of {run.family.name}, {settings.num_steps} steps, "
+          f"final = mean training loss over {settings.final_batches} batches")
+    print(table)
+    print(f"{settings.baseline} learning rates picked per task: {tuned['learning_rates']}"
+          f" ({tuned['num_at_grid_edge']} at the grid's edge)")
+    result = {
+        "family": run.family.name,
+        "num_tasks": settings.num_tasks,
+        "num_steps": settings.num_steps,
+        "rows": rows,
+        "baseline_learning_rates": tuned["learning_rates"],
+        "baseline_learning_rate_grid": list(settings.learning_rates),
+        "speedup_to_tuned_baseline_final": speedups,
+        "curves": {
+            "meta_trained": trained_curves.train_losses.tolist(),
+            "initial": initial_curves.train_losses.tolist(),
+            "tuned_baseline": tuned["curves"].train_losses.tolist(),
+        },
+    }
+    (workdir / EVAL_FILE).write_text(json.dumps(result))
+    plot_curves(
+        {rows[0]["optimizer"]: trained_curves, rows[1]["optimizer"]: initial_curves, baseline_name: tuned["curves"]},
+        workdir / PLOT_FILE,
+        f"held-out {run.family.name} tasks",
+    )
+    print(f"wrote {workdir / EVAL_FILE} and {workdir / PLOT_FILE}")
+    return {"table": table, "rows": [{k: v for k, v in r.items() if k != "final_losses"} for r in rows]}

@@ -1,0 +1,185 @@
+"""A meta-training run in a workdir: resume, progress, JSON-lines metrics, checkpoints, export and evaluation."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from lopt import export
+from meta_train import config as config_lib
+from meta_train import report
+from meta_train.checkpoint import CheckpointError, Checkpointer
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+EXPORT_FILE = "optimizer.lopt"
+
+
+class WorkdirError(OSError):
+    """The workdir cannot be created or written to."""
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> Path:
+    """Creates `workdir` if needed and checks it is writable, before any training starts."""
+    path = Path(workdir).absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise WorkdirError(f"workdir {path} is not writable: {err.strerror or err}") from None
+    return path
+
+
+def _scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
+    return {k: float(np.asarray(v)) for k, v in metrics.items()}
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Drops metric lines past `last_step` (written after the checkpoint a resumed run starts from)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def provenance(config: ml_collections.ConfigDict, step: int) -> Dict[str, Any]:
+    """Returns where trained meta-params came from: config, meta-steps, date and versions."""
+    return {
+        "config": json.loads(config.to_json_best_effort()),
+        "meta_steps": int(step),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {name: _version(name) for name in ("lopt", "jax", "optax", "flax")},
+    }
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def meta_train(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show_progress: bool = True
+) -> Dict[str, Any]:
+    """Runs (or resumes) the meta-training described by `config` in `workdir`; returns a summary."""
+    run = config_lib.build(config)
+    workdir = prepare_workdir(workdir)
+    saved_config = workdir / CONFIG_FILE
+    config_json = json.loads(config.to_json_best_effort())
+    if saved_config.exists():
+        previous = json.loads(saved_config.read_text())
+        if {k: v for k, v in previous.items() if k != "meta_train"} != {
+            k: v for k, v in config_json.items() if k != "meta_train"
+        } or {k: v for k, v in previous["meta_train"].items() if k != "num_steps"} != {
+            k: v for k, v in config_json["meta_train"].items() if k != "num_steps"
+        }:
+            raise config_lib.ConfigError(
+                f"workdir {workdir} holds a run with a different config ({saved_config}); use a new --workdir"
+            )
+    saved_config.write_text(json.dumps(config_json, indent=2))
+
+    trainer = run.trainer
+    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep)
+    state = trainer.init(jax.random.key(config.seed))
+    start = 0
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state)
+        start = int(state.step)
+        print(f"resumed from checkpoint at meta-step {start} in {workdir}", file=sys.stderr)
+    metrics_path = workdir / METRICS_FILE
+    _trim_metrics(metrics_path, start)
+
+    total = int(config.meta_train.num_steps)
+    inner_per_step = trainer.inner_steps_per_meta_step
+    progress = tqdm(total=total, initial=start, desc="meta-train", unit="step", disable=not show_progress,
+                    dynamic_ncols=True, file=sys.stderr)
+    last = {}
+    window_start, window_steps = time.perf_counter(), 0
+    compile_seconds = None
+    try:
+        with metrics_path.open("a") as log:
+            for step in range(start, total):
+                began = time.perf_counter()
+                state, metrics = trainer.step(state)
+                window_steps += 1
+                if compile_seconds is None:
+                    jax.block_until_ready(state)
+                    compile_seconds = time.perf_counter() - began
+                    window_start, window_steps = time.perf_counter(), 0
+                done = step + 1
+                if done % config.log_every == 0 or done == total:
+                    last = _scalars(metrics)
+                    elapsed = time.perf_counter() - window_start
+                    rate = inner_per_step * window_steps / elapsed if window_steps and elapsed > 0 else float("nan")
+                    last.update(step=done, inner_steps_per_s=rate, time=time.time())
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                    progress.set_postfix(meta_loss=f"{last['meta_loss']:.4f}", inner_steps_s=f"{rate:,.0f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                if done % config.checkpoint.every == 0 or done == total:
+                    checkpointer.save(done, state)
+                progress.update(1)
+    finally:
+        progress.close()
+        checkpointer.close()
+
+    export_path = export.save(
+        workdir / EXPORT_FILE, run.learned_optimizer, jax.device_get(state.meta_params), provenance(config, total)
+    )
+    summary = {"workdir": str(workdir), "meta_steps": total, "export": str(export_path),
+               "compile_seconds": compile_seconds, "last_metrics": last}
+    if config.eval.enabled:
+        summary["evaluation"] = report.evaluate_run(config, run, state.meta_params, workdir)
+    return summary
+
+
+def export_workdir(workdir: str | os.PathLike, out: Optional[str | os.PathLike] = None) -> Path:
+    """Writes the latest checkpoint of the run in `workdir` as an export file (default: workdir/optimizer.lopt)."""
+    workdir = Path(workdir).absolute()
+    saved_config = workdir / CONFIG_FILE
+    if not saved_config.exists():
+        raise config_lib.ConfigError(f"{workdir} is not a meta-training workdir (no {CONFIG_FILE})")
+    config = config_lib.base_config()
+    config.update_from_flattened_dict(_flatten(json.loads(saved_config.read_text())))
+    run = config_lib.build(config)
+    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep)
+    if checkpointer.latest_step() is None:
+        raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'} to export")
+    state = checkpointer.restore(run.trainer.init(jax.random.key(config.seed)))
+    checkpointer.close()
+    return export.save(
+        Path(out) if out else workdir / EXPORT_FILE, run.learned_optimizer,
+        jax.device_get(state.meta_params), provenance(config, int(state.step)),
+    )
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "kwargs":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, dict):
+            flat[f"{prefix}{key}"] = ml_collections.ConfigDict(value)
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat

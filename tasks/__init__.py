@@ -1,0 +1,26 @@
+"""Tasks and task families for meta-training learned optimizers: losses, data and a registry."""
+
+from tasks.base import SPLITS, Task, TaskError, TaskFamily, check_split, single_task_family
+from tasks.datasets import ArrayDataset, load_dataset
+from tasks.registry import accepts_argument, get, register, registered_names
+from tasks.logistic_regression import LogisticRegressionFamily
+from tasks.mlp_image import MLPImageFamily
+from tasks.quadratic import QuadraticFamily
+
+__all__ = [
+    "SPLITS",
+    "ArrayDataset",
+    "LogisticRegressionFamily",
+    "MLPImageFamily",
+    "QuadraticFamily",
+    "Task",
+    "TaskError",
+    "TaskFamily",
+    "accepts_argument",
+    "check_split",
+    "get",
+    "load_dataset",
+    "register",
+    "registered_names",
+    "single_task_family",
+]

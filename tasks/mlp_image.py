@@ -1,0 +1,152 @@
+"""Multi-layer perceptrons classifying small flattened images, with a sampled activation and init scale.
+
+Widths, image size and dataset are static (constructor arguments). Each task samples an
+activation index (applied with `lax.switch`, so a vmapped batch of tasks may mix
+activations) and an init scale, log-uniform in [min_init_scale, max_init_scale], that
+multiplies a fan-in-scaled normal init: w ~ N(0, (init_scale^2) / fan_in), b = 0.
+
+Loss: mean softmax cross-entropy. Normaliser: loss / log(num_classes), the loss of a uniform
+prediction, so about 1 at initialisation and towards 0 when trained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from tasks.base import Array, Task, TaskError, TaskFamily, check_split
+from tasks.datasets import ArrayDataset, load_dataset
+from tasks.registry import register
+
+Params = Dict[str, Dict[str, Array]]
+Batch = Tuple[Array, Array]
+MLPConfig = Dict[str, Array]
+
+ACTIVATIONS: Dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "elu": jax.nn.elu,
+}
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+
+
+def apply_activation(index: Array, x: Array, names: Sequence[str] = tuple(ACTIVATIONS)) -> Array:
+    """Applies activation `names[index]` to `x` with lax.switch (the index may be traced)."""
+    branches = [ACTIVATIONS[name] for name in names]
+    return jax.lax.switch(jnp.clip(index, 0, len(branches) - 1), branches, x)
+
+
+class MLPImageTask(Task):
+    """One MLP classifier on a fixed image dataset: params {'layer_i': {'w', 'b'}}."""
+
+    name = "mlp_image"
+
+    def __init__(self, family: "MLPImageFamily", cfg: MLPConfig):
+        self.data: ArrayDataset = family.data
+        self.layer_sizes = family.layer_sizes
+        self.activations = family.activations
+        self.batch_size = family.batch_size
+        self.cfg = cfg
+
+    def init(self, key: Array) -> Params:
+        """Returns fan-in-scaled normal weights times the task's init scale, and zero biases."""
+        shapes = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+        draws = jax.random.normal(key, (sum(a * b for a, b in shapes),), jnp.float32)
+        params, start = {}, 0
+        for i, (fan_in, fan_out) in enumerate(shapes):
+            w = draws[start: start + fan_in * fan_out].reshape(fan_in, fan_out) / math.sqrt(fan_in)
+            start += fan_in * fan_out
+            params[f"layer_{i}"] = {"w": (w * self.cfg["init_scale"]).astype(jnp.float32),
+                                    "b": jnp.zeros((fan_out,), jnp.float32)}
+        return params
+
+    def sample_batch(self, key: Array, split: str) -> Batch:
+        """Draws (x float32 [batch, height, width, channels], y int32 [batch]) inside jit."""
+        return self.data.sample(key, check_split(split), self.batch_size)
+
+    def apply(self, params: Params, x: Array) -> Array:
+        """Returns class logits [batch, num_classes] for images or flat features `x`."""
+        hidden = x.reshape(x.shape[0], -1)
+        chex.assert_shape(hidden, (None, self.layer_sizes[0]))
+        num_layers = len(self.layer_sizes) - 1
+        for i in range(num_layers):
+            layer = params[f"layer_{i}"]
+            hidden = hidden @ layer["w"] + layer["b"]
+            if i < num_layers - 1:
+                hidden = apply_activation(self.cfg["activation"], hidden, self.activations)
+        return hidden
+
+    def loss(self, params: Params, key: Array, batch: Batch) -> Array:
+        """Returns the mean softmax cross-entropy of `params` on `batch` (float32)."""
+        x, y = batch
+        logits = self.apply(params, x)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)).astype(jnp.float32)
+
+    def normalizer(self, loss: Array) -> Array:
+        """Returns loss / log(num_classes)."""
+        return loss / math.log(self.data.num_classes)
+
+
+@register("mlp_image")
+class MLPImageFamily(TaskFamily):
+    """MLPs with static `hidden` widths on a static image dataset; activation and init scale vary per task.
+
+    cfg fields: `activation` (int32 index into `activations`), `init_scale` (float32).
+    """
+
+    name = "mlp_image"
+
+    def __init__(
+        self,
+        dataset: str = "digits",
+        hidden: Sequence[int] = (32, 32),
+        image_size: int = 8,
+        batch_size: int = 128,
+        data_dir: Optional[str] = None,
+        min_init_scale: float = 0.5,
+        max_init_scale: float = 2.0,
+        activations: Sequence[str] = tuple(ACTIVATIONS),
+        max_examples: Optional[int] = None,
+    ):
+        if dataset not in IMAGE_DATASETS:
+            raise TaskError(f"mlp_image has no dataset {dataset!r}; expected one of {', '.join(IMAGE_DATASETS)}")
+        unknown = [a for a in activations if a not in ACTIVATIONS]
+        if unknown or not activations:
+            raise TaskError(f"mlp_image activations must be a non-empty subset of {', '.join(ACTIVATIONS)}")
+        if not 0 < min_init_scale <= max_init_scale:
+            raise TaskError(f"mlp_image needs 0 < min_init_scale <= max_init_scale, got {min_init_scale}, {max_init_scale}")
+        if any(int(h) < 1 for h in hidden) or int(batch_size) < 1:
+            raise TaskError(f"mlp_image hidden widths and batch_size must be positive, got {tuple(hidden)}, {batch_size}")
+        self.dataset_name = dataset
+        self.hidden = tuple(int(h) for h in hidden)
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.data_dir = data_dir
+        self.init_scale_range = (float(min_init_scale), float(max_init_scale))
+        self.activations = tuple(activations)
+        self.max_examples = max_examples
+        self.data = load_dataset(dataset, self.image_size, data_dir, max_examples)
+        self.layer_sizes = (math.prod(self.data.input_shape),) + self.hidden + (self.data.num_classes,)
+
+    def sample(self, key: Array) -> MLPConfig:
+        """Samples an activation index uniformly and a log-uniform init scale."""
+        activation_draw, scale_draw = jax.random.uniform(key, (2,), jnp.float32)
+        low, high = self.init_scale_range
+        activation = jnp.floor(activation_draw * len(self.activations)).astype(jnp.int32)
+        return {
+            "activation": jnp.minimum(activation, len(self.activations) - 1),
+            "init_scale": jnp.exp(math.log(low) + scale_draw * (math.log(high) - math.log(low))),
+        }
+
+    def task(self, cfg: MLPConfig) -> MLPImageTask:
+        """Builds the task described by `cfg` (works with traced cfg and family leaves)."""
+        chex.assert_rank([cfg["activation"], cfg["init_scale"]], 0)
+        return MLPImageTask(self, cfg)

@@ -1,0 +1,284 @@
+"""Tests for the tasks package: families under jit/vmap, training signal, data loaders, registry."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tasks
+from tasks.datasets import load_dataset, resize_images
+from tasks.mlp_image import ACTIVATIONS, apply_activation
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FAMILY_VARIANTS = [(name, {}) for name in tasks.registered_names()] + [
+    ("logistic_regression", {"dataset": "synthetic", "dim": 8, "batch_size": 32}),
+    ("quadratic", {"dim": 6, "grad_noise": 0.1}),
+    ("mlp_image", {"hidden": (16,), "activations": ("tanh", "elu")}),
+]
+VARIANT_IDS = [f"{name}-{'-'.join(map(str, kwargs.values())) or 'default'}" for name, kwargs in FAMILY_VARIANTS]
+
+
+def needs_shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        reason = f"real-data tests skipped: no shared data folder at {SHARED_DATA}"
+        print(reason)
+        pytest.skip(reason)
+    return SHARED_DATA
+
+
+def init_and_loss(family: tasks.TaskFamily, cfg, key):
+    task = family.task(cfg)
+    init_key, batch_key, loss_key = jax.random.split(key, 3)
+    params = task.init(init_key)
+    loss = task.loss(params, loss_key, task.sample_batch(batch_key, "train"))
+    return params, loss, task.normalizer(loss)
+
+
+def test_registered_names():
+    assert {"quadratic", "logistic_regression", "mlp_image"} <= set(tasks.registered_names())
+
+
+@pytest.mark.parametrize("name,kwargs", FAMILY_VARIANTS, ids=VARIANT_IDS)
+def test_family_jit_vmap_static_shapes_and_scale(name, kwargs):
+    family = tasks.get(name, **kwargs)
+    keys = jax.random.split(jax.random.key(0), 4)
+    cfgs = jax.jit(jax.vmap(family.sample))(keys)
+    params, losses, normalized = jax.jit(jax.vmap(init_and_loss, in_axes=(None, 0, 0)))(family, cfgs, keys)
+
+    single_cfgs = [jax.tree.map(lambda leaf: leaf[i], cfgs) for i in range(2)]
+    shapes = [jax.eval_shape(lambda c: family.task(c).init(keys[0]), c) for c in single_cfgs]
+    assert shapes[0] == shapes[1]
+    for leaf, spec in zip(jax.tree.leaves(params), jax.tree.leaves(shapes[0])):
+        assert leaf.shape == (4,) + spec.shape and leaf.dtype == jnp.float32
+    assert losses.shape == (4,) and losses.dtype == jnp.float32
+    assert np.all(np.isfinite(losses))
+    assert 0.3 < float(jnp.mean(normalized)) < 3.0, normalized
+    assert np.all((normalized > 0.02) & (normalized < 20.0)), normalized
+
+
+@pytest.mark.parametrize("name,kwargs", FAMILY_VARIANTS, ids=VARIANT_IDS)
+def test_adam_lowers_loss_on_fixed_task(name, kwargs):
+    family = tasks.get(name, **kwargs)
+    key = jax.random.key(1)
+    task = family.task(family.sample(key))
+    optimizer = optax.adam(0.03)
+    eval_keys = jax.random.split(jax.random.key(2), 8)
+
+    def mean_eval_loss(params):
+        return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.sample_batch(k, "train")))(eval_keys))
+
+    def step(carry, step_key):
+        params, opt_state = carry
+        batch_key, loss_key = jax.random.split(step_key)
+        grads = jax.grad(task.loss)(params, loss_key, task.sample_batch(batch_key, "train"))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    @jax.jit
+    def train(init_key):
+        params = task.init(init_key)
+        (trained, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(init_key, 50))
+        return mean_eval_loss(params), mean_eval_loss(trained)
+
+    before, after = train(jax.random.key(3))
+    assert np.isfinite(after) and after < 0.9 * before, (before, after)
+
+
+@pytest.mark.parametrize("name", ["quadratic", "logistic_regression", "mlp_image"])
+def test_family_passes_through_jit_as_argument(name):
+    family = tasks.get(name)
+    key = jax.random.key(4)
+    init = jax.jit(lambda fam, k: fam.task(fam.sample(k)).init(k))
+    params = init(family, key)
+    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+    data_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(family))
+    program_text = init.lower(family, key).as_text()
+    assert len(program_text) < max(50_000, data_bytes // 4), "dataset baked into the program as a constant"
+
+
+def test_activation_switch_differs_across_indices():
+    x = jnp.linspace(-3.0, 3.0, 41)
+    outputs = jax.jit(jax.vmap(apply_activation, in_axes=(0, None)))(jnp.arange(len(ACTIVATIONS)), x)
+    for i in range(len(ACTIVATIONS)):
+        for j in range(i + 1, len(ACTIVATIONS)):
+            assert not np.allclose(outputs[i], outputs[j]), (i, j)
+    np.testing.assert_allclose(outputs[0], jax.nn.relu(x))
+
+
+def test_mlp_activation_changes_loss():
+    family = tasks.get("mlp_image", hidden=(16,))
+    cfg = family.sample(jax.random.key(5))
+    key = jax.random.key(6)
+    losses = []
+    for index in range(len(family.activations)):
+        task = family.task({**cfg, "activation": jnp.int32(index)})
+        losses.append(float(task.loss(task.init(key), key, task.sample_batch(key, "train"))))
+    assert len(set(losses)) == len(losses)
+
+
+def test_quadratic_normalizer_is_one_on_average_and_zero_at_optimum():
+    family = tasks.QuadraticFamily(dim=12)
+    keys = jax.random.split(jax.random.key(7), 512)
+
+    def normalized_init_and_optimum(cfg, key):
+        task = family.task(cfg)
+        loss = task.loss(task.init(key), key, None)
+        return task.normalizer(loss), task.normalizer(task.loss({"x": cfg["optimum"]}, key, None))
+
+    at_init, at_optimum = jax.jit(jax.vmap(normalized_init_and_optimum))(jax.vmap(family.sample)(keys), keys)
+    assert 0.8 < float(jnp.mean(at_init)) < 1.2
+    np.testing.assert_allclose(at_optimum, 0.0, atol=1e-5)
+    assert family.task(family.sample(keys[0])).sample_batch(keys[0], "train") is None
+
+
+def test_digits_loads_without_files(monkeypatch):
+    monkeypatch.delenv("LOPT_DATA_DIR", raising=False)
+    data = load_dataset("digits")
+    assert data.input_shape == (8, 8, 1) and data.num_classes == 10
+    assert data.num_train + data.num_valid + data.num_test == 1797
+    x, y = jax.jit(lambda d, k: d.sample(k, "valid", 32))(data, jax.random.key(0))
+    assert x.shape == (32, 8, 8, 1) and x.dtype == jnp.float32 and y.dtype == jnp.int32
+    assert int(y.min()) >= 0 and int(y.max()) <= 9
+
+
+def test_breast_cancer_is_standardised_with_train_statistics():
+    data = load_dataset("breast_cancer")
+    x, y = data.full_split("train")
+    assert x.shape[1:] == (30,) and set(np.unique(y)) == {0, 1}
+    np.testing.assert_allclose(jnp.mean(x, axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(jnp.std(x, axis=0), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "name,size,channels", [("mnist", 8, 1), ("mnist", 16, 1), ("mnist", 28, 1), ("fashion_mnist", 8, 1),
+                           ("cifar10", 8, 3), ("cifar10", 32, 3)]
+)
+def test_file_datasets_load_with_shapes_and_labels(name, size, channels):
+    data = load_dataset(name, size, str(needs_shared_data()))
+    assert data.input_shape == (size, size, channels) and data.num_classes == 10
+    for split in tasks.SPLITS:
+        assert data.x[split].dtype == jnp.uint8
+        labels = np.asarray(data.y[split])
+        assert labels.min() == 0 and labels.max() == 9
+    if name != "cifar10" or size == 8:
+        assert data.num_train + data.num_valid == (60000 if "mnist" in name else 50000)
+        assert data.num_test == 10000
+    x, y = data.sample(jax.random.key(0), "test", 16)
+    assert x.shape == (16, size, size, channels) and x.dtype == jnp.float32 and y.shape == (16,)
+
+
+def test_image_resizing_preserves_average_intensity():
+    data_dir = str(needs_shared_data())
+    full = np.asarray(load_dataset("mnist", 28, data_dir, max_examples=200).x["test"], np.float64)
+    small = np.asarray(load_dataset("mnist", 8, data_dir, max_examples=200).x["test"], np.float64)
+    np.testing.assert_allclose(small.mean(axis=(1, 2, 3)), full.mean(axis=(1, 2, 3)), atol=1.0)
+
+
+def test_resize_images_is_area_average():
+    blocks = np.kron(np.arange(16, dtype=np.uint8).reshape(4, 4), np.ones((3, 3), np.uint8))
+    resized = resize_images(blocks[None, :, :, None], 4)
+    np.testing.assert_array_equal(resized[0, :, :, 0], np.arange(16).reshape(4, 4))
+    assert resize_images(np.full((2, 28, 28, 1), 7, np.uint8), 8).tolist() == np.full((2, 8, 8, 1), 7).tolist()
+
+
+def test_mlp_family_on_mnist_16(monkeypatch):
+    monkeypatch.setenv("LOPT_DATA_DIR", str(needs_shared_data()))
+    family = tasks.get("mlp_image", dataset="mnist", image_size=16, hidden=(8,))
+    _, loss, normalized = init_and_loss(family, family.sample(jax.random.key(0)), jax.random.key(1))
+    assert family.data.input_shape == (16, 16, 1) and np.isfinite(loss) and 0.3 < normalized < 3.0
+
+
+def assert_one_line_error(error: pytest.ExceptionInfo, *needles: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_missing_data_folder_names_the_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOPT_DATA_DIR", raising=False)
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(tasks.TaskError) as error:
+        load_dataset("mnist", 8, str(missing))
+    assert_one_line_error(error, str(missing), "data_dir", "LOPT_DATA_DIR")
+    with pytest.raises(tasks.TaskError) as error:
+        tasks.get("mlp_image", dataset="fashion_mnist")
+    assert_one_line_error(error, "LOPT_DATA_DIR")
+    (tmp_path / "cifar10").mkdir()
+    with pytest.raises(tasks.TaskError) as error:
+        load_dataset("cifar10", 8, str(tmp_path))
+    assert_one_line_error(error, str(tmp_path / "cifar10" / "cifar10_8x8.npz"))
+
+
+def test_lopt_data_dir_is_honoured(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(tasks.TaskError) as error:
+        load_dataset("mnist", 8)
+    assert_one_line_error(error, str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("LOPT_DATA_DIR", str(needs_shared_data()))
+    assert load_dataset("fashion_mnist", 8).num_test == 10000
+
+
+def test_corrupt_idx_files_give_clear_errors(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    images = np.zeros((3, 28, 28), np.uint8)
+    header = (2049).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in images.shape)
+    for prefix in ("train", "t10k"):
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as handle:
+            handle.write(header + images.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as handle:
+            handle.write((2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes(3))
+    with pytest.raises(tasks.TaskError) as error:
+        load_dataset("mnist", 8, str(tmp_path))
+    assert_one_line_error(error, "magic", "train-images-idx3-ubyte.gz")
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(tasks.TaskError) as error:
+        load_dataset("mnist", 8, str(tmp_path))
+    assert_one_line_error(error, "gzip", "train-images-idx3-ubyte.gz")
+
+
+def test_registry_errors_are_one_line():
+    with pytest.raises(tasks.TaskError) as error:
+        tasks.get("no_such_family")
+    assert_one_line_error(error, "quadratic", "mlp_image")
+    with pytest.raises(tasks.TaskError) as error:
+        tasks.get("quadratic", dimension=3)
+    assert_one_line_error(error, "dimension", "dim", "grad_noise")
+    with pytest.raises(tasks.TaskError):
+        tasks.get("mlp_image", dataset="imagenet")
+
+
+def test_unknown_split_and_single_task_family():
+    family = tasks.get("mlp_image", hidden=(4,))
+    task = family.task(family.sample(jax.random.key(0)))
+    with pytest.raises(tasks.TaskError):
+        task.sample_batch(jax.random.key(0), "training")
+    wrapped = tasks.single_task_family(task)
+    assert wrapped.task(wrapped.sample(jax.random.key(1))) is task
+
+
+def test_registered_user_family_plugs_in(monkeypatch):
+    monkeypatch.setattr(tasks.registry, "_FAMILIES", dict(tasks.registry._FAMILIES))
+
+    @tasks.register("test_constant")
+    class ConstantFamily(tasks.TaskFamily):
+        def __init__(self, value: float = 1.0):
+            self.value = value
+
+        def sample(self, key):
+            return {"offset": jax.random.normal(key, ())}
+
+        def task(self, cfg):
+            return tasks.Task()
+
+    assert isinstance(tasks.get("test_constant", value=2.0), ConstantFamily)
+    assert "test_constant" in tasks.registered_names()
+    assert math.isclose(tasks.get("test_constant").value, 1.0)
