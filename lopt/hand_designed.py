@@ -45,7 +45,22 @@ class HandDesigned(LearnedOptimizer):
         """Returns the optax optimizer at learning rate exp(log_learning_rate)."""
         del num_steps
         learning_rate = jnp.exp(meta_params["log_learning_rate"])
-        return optax.with_extra_args_support(self.base_transformation(learning_rate))
+        return keep_gradient_dtype(optax.with_extra_args_support(self.base_transformation(learning_rate)))
+
+
+def keep_gradient_dtype(
+    transformation: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+    """Wraps `transformation` so its updates have the dtype of the incoming gradients.
+
+    A float32 learning-rate array would otherwise promote bfloat16 updates to float32.
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_updates, state = transformation.update(updates, state, params, **extra_args)
+        return jax.tree.map(lambda u, g: u.astype(g.dtype), new_updates, updates), state
+
+    return optax.GradientTransformationExtraArgs(transformation.init, update_fn)
 
 
 @register("adam")

@@ -28,7 +28,7 @@ class TrainerState(NamedTuple):
 
 def global_norm(tree: Any) -> Array:
     """Returns the L2 norm of all leaves of `tree` together."""
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 class Trainer:

@@ -107,7 +107,7 @@ class LogisticRegressionFamily(TaskFamily):
         max_init_scale: float = 1.0,
         min_separation: float = 2.0,
         max_separation: float = 20.0,
-        max_label_noise: float = 0.2,
+        max_label_noise: float = 0.1,
     ):
         if dataset != SYNTHETIC and dataset not in _REAL_DATASETS:
             raise TaskError(

@@ -1,0 +1,147 @@
+"""Learned and hand-designed optimizers obey the optax contract."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+
+OPTIMIZERS = ["mlp", "adam", "adamw", "sgd", "sgd_momentum", "rmsprop"]
+
+
+def mixed_params():
+    key = jax.random.key(1)
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "scalar": jnp.asarray(0.5, jnp.float32),
+        "vector": jax.random.normal(k1, (7,), jnp.float32),
+        "matrix": jax.random.normal(k2, (5, 3), jnp.float32),
+        "conv": {"kernel": jax.random.normal(k3, (3, 3, 2, 4), jnp.float32)},
+        "half": jnp.ones((4,), jnp.bfloat16),
+    }
+
+
+def gradients_of(params):
+    return jax.tree.map(lambda p: (0.1 * p + 0.01).astype(p.dtype), params)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_update_keeps_structure_shapes_and_dtypes_under_jit(name):
+    optimizer = lopt.get(name)
+    tx = optimizer.optimizer(optimizer.init(jax.random.key(0)), num_steps=100)
+    params = mixed_params()
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(gradients_of(params), state, params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+        assert u.shape == p.shape and u.dtype == p.dtype
+        assert np.all(np.isfinite(np.asarray(u, np.float32)))
+    updates2, _ = jax.jit(tx.update)(gradients_of(params), state, params)
+    assert jax.tree.structure(updates2) == jax.tree.structure(params)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_composes_with_optax_chain_and_trains_a_quadratic(name):
+    optimizer = lopt.get(name)
+    theta = optimizer.init(jax.random.key(0))
+    if name == "mlp":
+        theta = jax.tree.map(lambda x: x, theta)
+        optimizer = lopt.MLPLOpt(step_mult=1e-2)
+        theta = optimizer.init(jax.random.key(0))
+    tx = optax.chain(optax.clip_by_global_norm(10.0), optimizer.optimizer(theta))
+    params = {"x": jnp.full((10,), 2.0)}
+
+    def loss_fn(p):
+        return jnp.sum(p["x"] ** 2)
+
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, loss=loss)
+        return optax.apply_updates(params, updates), state, loss
+
+    first = float(loss_fn(params))
+    for _ in range(50):
+        params, state, _ = step(params, state)
+    assert float(loss_fn(params)) != first
+    assert np.isfinite(float(loss_fn(params)))
+
+
+def test_mlp_lopt_vmaps_over_meta_params():
+    optimizer = lopt.MLPLOpt()
+    thetas = jax.vmap(optimizer.init)(jax.random.split(jax.random.key(0), 3))
+    params = mixed_params()
+    grads = gradients_of(params)
+
+    def one(theta):
+        tx = optimizer.optimizer(theta)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return updates
+
+    batched = jax.jit(jax.vmap(one))(thetas)
+    for i in range(3):
+        single = one(jax.tree.map(lambda x: x[i], thetas))
+        for b, s in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+            np.testing.assert_allclose(np.asarray(b[i], np.float32), np.asarray(s, np.float32), rtol=1e-5, atol=1e-9)
+    first = jax.tree.leaves(jax.tree.map(lambda x: x[0], batched))
+    second = jax.tree.leaves(jax.tree.map(lambda x: x[1], batched))
+    assert any(not np.allclose(np.asarray(a, np.float32), np.asarray(b, np.float32)) for a, b in zip(first, second))
+
+
+def test_mlp_lopt_matches_the_small_fc_lopt_formula():
+    """One update computed by hand from the published feature recipe."""
+    optimizer = lopt.MLPLOpt(step_mult=0.01, exp_mult=0.1)
+    theta = optimizer.init(jax.random.key(4))
+    params = {"w": jnp.array([[0.3, -1.2], [2.0, 0.1]], jnp.float32)}
+    grads = {"w": jnp.array([[0.5, -0.25], [1.5, -2.0]], jnp.float32)}
+    tx = optimizer.optimizer(theta)
+    updates, state = tx.update(grads, tx.init(params), params)
+
+    g, p = np.asarray(grads["w"]).ravel(), np.asarray(params["w"]).ravel()
+    decays = np.array([0.1, 0.5, 0.9, 0.99, 0.999, 0.9999])
+    momenta = (1 - decays)[None, :] * g[:, None]
+    channels = np.concatenate([g[:, None], p[:, None], momenta], axis=1)
+    channels = channels / np.sqrt(1e-5 + np.mean(channels**2, axis=0, keepdims=True))
+    taus = np.array([1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5])
+    time_features = np.tanh(0 / taus - 1)
+    inputs = np.concatenate([channels, np.broadcast_to(time_features, (4, 11))], axis=1)
+    w = {k: np.asarray(v, np.float64) for k, v in theta.items()}
+    h = np.maximum(inputs @ w["w0"] + w["b0"], 0)
+    h = np.maximum(h @ w["w1"] + w["b1"], 0)
+    out = h @ w["w2"] + w["b2"]
+    expected = -(out[:, 0] * np.exp(out[:, 1] * 0.1) * 0.01)
+    np.testing.assert_allclose(np.asarray(updates["w"]).ravel(), expected, rtol=2e-4, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(state.momenta["w"]).reshape(4, 6), momenta, rtol=1e-3)
+    assert int(state.iteration) == 1
+
+
+def test_mlp_lopt_has_19_inputs_and_needs_params():
+    optimizer = lopt.MLPLOpt()
+    assert optimizer.init(jax.random.key(0))["w0"].shape == (19, 32)
+    tx = optimizer.optimizer(optimizer.init(jax.random.key(0)))
+    params = {"x": jnp.ones(3)}
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(params, tx.init(params))
+
+
+def test_unknown_optimizer_and_argument_give_clear_errors():
+    with pytest.raises(lopt.LearnedOptimizerError, match="unknown optimizer 'nope'.*mlp"):
+        lopt.get("nope")
+    with pytest.raises(lopt.LearnedOptimizerError, match="unknown argument.*hiden_sizes.*hidden_sizes"):
+        lopt.get("mlp", hiden_sizes=(4,))
+
+
+def test_hand_designed_learning_rate_is_the_meta_parameter():
+    adam = lopt.get("adam", learning_rate=0.05)
+    theta = adam.init(None)
+    np.testing.assert_allclose(np.exp(float(theta["log_learning_rate"])), 0.05, rtol=1e-6)
+    params = {"x": jnp.ones(3)}
+    tx = adam.optimizer(theta)
+    updates, _ = tx.update(params, tx.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["x"]), -0.05, rtol=1e-4)

@@ -1,0 +1,175 @@
+"""Meta-training runs from config files: learning, resume, export, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import lopt
+import meta_train
+import tasks
+from meta_train import config as config_lib
+from meta_train.cli import export_main, meta_train_main
+
+TINY_CONFIG = textwrap.dedent(
+    """
+    from meta_train.config import base_config
+
+    def get_config():
+        config = base_config()
+        config.task.family = "quadratic"
+        config.task.kwargs.dim = 8
+        config.optimizer.name = "mlp"
+        config.optimizer.kwargs.hidden_sizes = (8,)
+        config.optimizer.kwargs.step_mult = 0.01
+        config.meta_train.num_tasks = 4
+        config.meta_train.trunc_length = 5
+        config.meta_train.horizon_length = 20
+        config.meta_train.num_steps = 6
+        config.checkpoint.every = 3
+        config.log_every = 1
+        config.eval.enabled = False
+        return config
+    """
+)
+
+
+@pytest.fixture()
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+def run_cli(argv, capsys):
+    code = meta_train_main(argv + ["--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_pes_steps_lower_the_meta_loss_on_quadratics():
+    family = tasks.get("quadratic", dim=8)
+    optimizer = lopt.get("adam", learning_rate=1e-3)
+    trainer = meta_train.Trainer(
+        family, optimizer, meta_train.PES(num_tasks=16, trunc_length=10, std=0.05),
+        meta_train.ConstantHorizon(50), optax.adam(0.1),
+    )
+    state = trainer.init(jax.random.key(0))
+    losses = []
+    for _ in range(40):
+        state, metrics = trainer.step(state)
+        losses.append(float(metrics["meta_loss"]))
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    assert float(state.meta_params["log_learning_rate"]) > np.log(1e-3)
+
+
+def test_run_resumed_after_stop_is_bit_identical(tmp_path, tiny_config, capsys):
+    full = tmp_path / "full"
+    code, _, err = run_cli(["--config", str(tiny_config), "--workdir", str(full)], capsys)
+    assert code == 0, err
+    parted = tmp_path / "parted"
+    code, _, err = run_cli(
+        ["--config", str(tiny_config), "--workdir", str(parted), "--config.meta_train.num_steps=3"], capsys
+    )
+    assert code == 0, err
+    code, _, err = run_cli(["--config", str(tiny_config), "--workdir", str(parted)], capsys)
+    assert code == 0, err
+    assert "resumed from checkpoint at meta-step 3" in err
+    a, b = lopt.export.read(full / "optimizer.lopt"), lopt.export.read(parted / "optimizer.lopt")
+    for x, y in zip(jax.tree.leaves(a.meta_params), jax.tree.leaves(b.meta_params)):
+        np.testing.assert_array_equal(x, y)
+    steps = [json.loads(line)["step"] for line in (parted / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    full_lines = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
+    part_lines = [json.loads(l) for l in (parted / "metrics.jsonl").read_text().splitlines()]
+    assert [l["meta_loss"] for l in full_lines] == [l["meta_loss"] for l in part_lines]
+
+
+def test_export_command_and_loaded_optimizer_give_identical_updates(tmp_path, tiny_config, capsys):
+    workdir = tmp_path / "run"
+    assert run_cli(["--config", str(tiny_config), "--workdir", str(workdir)], capsys)[0] == 0
+    out = tmp_path / "again.lopt"
+    assert export_main(["--workdir", str(workdir), "--out", str(out)]) == 0
+    loaded = lopt.load(out)
+    assert loaded.provenance["meta_steps"] == 6
+    assert loaded.provenance["config"]["task"]["family"] == "quadratic"
+    assert "date" in loaded.provenance
+    original = lopt.load(workdir / "optimizer.lopt")
+    params = {"w": jax.numpy.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+    grads = jax.tree.map(lambda p: 0.3 * p, params)
+    results = []
+    for item in (loaded, original):
+        tx = item.transformation()
+        results.append(tx.update(grads, tx.init(params), params)[0]["w"])
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.meta_train.num_taks=4", "unknown config key --config.meta_train.num_taks; did you mean 'num_tasks'?"),
+        ("--config.meta_train.num_tasks=four", "--config.meta_train.num_tasks expects a int"),
+        ("--config.meta_train.trunc_length=50", "must be >= meta_train.trunc_length"),
+        ("--config.task.family=mlp", "unknown task family 'mlp'"),
+        ("--config.optimizer.name=adamm", "unknown optimizer 'adamm'"),
+        ("--config.meta_train.estimator=reinforce", "meta_train.estimator must be one of"),
+    ],
+)
+def test_config_mistakes_are_one_line_errors(tmp_path, tiny_config, capsys, override, message):
+    code, _, err = run_cli(["--config", str(tiny_config), "--workdir", str(tmp_path / "w"), override], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0]
+
+
+def test_missing_data_folder_is_a_one_line_error(tmp_path, tiny_config, capsys):
+    missing = tmp_path / "no_such_folder"
+    code, _, err = run_cli(
+        ["--config", str(tiny_config), "--workdir", str(tmp_path / "w"), "--config.task.family=mlp_image",
+         f"--config.data_dir={missing}", "--config.task.kwargs.dim=8"],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    config = config_lib.load_config(tiny_config)
+    config.task.family = "mlp_image"
+    config.task.kwargs = {"dataset": "mnist"}
+    config.data_dir = str(missing)
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.build(config)
+    assert str(missing) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_corrupted_export_file_is_a_one_line_error(tmp_path, tiny_config, capsys):
+    workdir = tmp_path / "run"
+    assert run_cli(["--config", str(tiny_config), "--workdir", str(workdir)], capsys)[0] == 0
+    path = workdir / "optimizer.lopt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(lopt.ExportError) as info:
+        lopt.load(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_missing_config_file_and_unwritable_workdir(tmp_path, tiny_config, capsys):
+    code, _, err = run_cli(["--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "w")], capsys)
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(["--config", str(tiny_config), "--workdir", str(blocker / "sub")], capsys)
+    assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_workdir_of_another_config_is_refused(tmp_path, tiny_config, capsys):
+    workdir = tmp_path / "run"
+    assert run_cli(["--config", str(tiny_config), "--workdir", str(workdir)], capsys)[0] == 0
+    code, _, err = run_cli(
+        ["--config", str(tiny_config), "--workdir", str(workdir), "--config.meta_train.std=0.1"], capsys
+    )
+    assert code == 2 and "different config" in err
