@@ -211,7 +211,9 @@ def _load_source(name: str, source_file: Optional[str], folder: Optional[str]) -
 
 
 @functools.lru_cache(maxsize=16)
-def _load_numpy(name: str, image_size: Optional[int], folder: Optional[str]):
+def _load_numpy(
+    name: str, image_size: Optional[int], folder: Optional[str]
+) -> Tuple[NumpySplits, int, Tuple[float, ...], Tuple[float, ...]]:
     source_file = None
     if name == "cifar10":
         source_file = "cifar10_8x8.npz" if image_size == 8 else "cifar10_exact_subset_32x32.npz"

@@ -65,6 +65,7 @@ class LogisticRegressionTask(Task):
         return jax.vmap(lambda i: self._synthetic_example(data_key, direction, offset + i))(indices)
 
     def _synthetic_example(self, data_key: Array, direction: Array, example_id: Array) -> Batch:
+        # Features and two uniforms (ndtr maps N(0, 1) onto U(0, 1)) from one draw per example.
         draws = jax.random.normal(jax.random.fold_in(data_key, example_id), (self.dim + 2,), jnp.float32)
         x, (label_draw, flip_draw) = draws[: self.dim], jax.scipy.special.ndtr(draws[self.dim:])
         label = label_draw < jax.nn.sigmoid(self.cfg["separation"] * jnp.dot(x, direction))
@@ -110,9 +111,8 @@ class LogisticRegressionFamily(TaskFamily):
         max_label_noise: float = 0.1,
     ):
         if dataset != SYNTHETIC and dataset not in _REAL_DATASETS:
-            raise TaskError(
-                f"logistic_regression has no dataset {dataset!r}; expected one of {', '.join(_REAL_DATASETS + (SYNTHETIC,))}"
-            )
+            choices = ", ".join(_REAL_DATASETS + (SYNTHETIC,))
+            raise TaskError(f"logistic_regression has no dataset {dataset!r}; expected one of {choices}")
         for label, low, high in (("l2", min_l2, max_l2), ("init_scale", min_init_scale, max_init_scale),
                                  ("separation", min_separation, max_separation)):
             if not 0 < low <= high:
@@ -131,12 +131,16 @@ class LogisticRegressionFamily(TaskFamily):
         self.max_label_noise = float(max_label_noise)
         self.data = None if dataset == SYNTHETIC else load_dataset(dataset, max_examples=self.num_examples)
         if self.data is not None and self.data.input_shape != (self.dim,):
-            raise TaskError(f"dataset {dataset!r} has {self.data.input_shape[0]} features; set dim={self.data.input_shape[0]}")
+            features = self.data.input_shape[0]
+            raise TaskError(f"dataset {dataset!r} has {features} features; set dim={features}")
 
     def sample(self, key: Array) -> LogisticConfig:
         """Samples log-uniform L2 and init scale; for synthetic data also seed, separation, label noise."""
         l2_draw, scale_draw, seed_draw, separation_draw, noise_draw = jax.random.uniform(key, (5,), jnp.float32)
-        cfg = {"l2": _log_uniform(l2_draw, self.l2_range), "init_scale": _log_uniform(scale_draw, self.init_scale_range)}
+        cfg = {
+            "l2": _log_uniform(l2_draw, self.l2_range),
+            "init_scale": _log_uniform(scale_draw, self.init_scale_range),
+        }
         if self.data is None:
             cfg["data_seed"] = jnp.floor(seed_draw * 2**24).astype(jnp.int32)
             cfg["separation"] = _log_uniform(separation_draw, self.separation_range)

@@ -122,9 +122,13 @@ class MLPImageFamily(TaskFamily):
         if unknown or not activations:
             raise TaskError(f"mlp_image activations must be a non-empty subset of {', '.join(ACTIVATIONS)}")
         if not 0 < min_init_scale <= max_init_scale:
-            raise TaskError(f"mlp_image needs 0 < min_init_scale <= max_init_scale, got {min_init_scale}, {max_init_scale}")
+            raise TaskError(
+                f"mlp_image needs 0 < min_init_scale <= max_init_scale, got {min_init_scale}, {max_init_scale}"
+            )
         if any(int(h) < 1 for h in hidden) or int(batch_size) < 1:
-            raise TaskError(f"mlp_image hidden widths and batch_size must be positive, got {tuple(hidden)}, {batch_size}")
+            raise TaskError(
+                f"mlp_image hidden widths and batch_size must be positive, got {tuple(hidden)}, {batch_size}"
+            )
         self.dataset_name = dataset
         self.hidden = tuple(int(h) for h in hidden)
         self.image_size = int(image_size)

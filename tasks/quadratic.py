@@ -92,6 +92,7 @@ class QuadraticFamily(TaskFamily):
 
     def sample(self, key: Array) -> QuadraticConfig:
         """Samples a condition number, a Haar-random rotation and an optimum."""
+        # One normal draw for everything (one RNG kernel to compile); ndtr maps N(0, 1) onto U(0, 1).
         draws = jax.random.normal(key, (self.dim * self.dim + self.dim + 1,), jnp.float32)
         gaussian = draws[: self.dim * self.dim].reshape(self.dim, self.dim)
         optimum = draws[self.dim * self.dim: -1]

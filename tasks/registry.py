@@ -1,4 +1,4 @@
-"""The registry that maps family names to TaskFamily classes: `register`, `get`, `registered_names`, `accepts_argument`."""
+"""The registry of task families by name: `register`, `get`, `registered_names`, `accepts_argument`."""
 
 from __future__ import annotations
 
