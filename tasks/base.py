@@ -43,13 +43,16 @@ class Task:
         return loss
 
 
+_ARRAY_TYPES = (np.ndarray, jax.Array, jax.ShapeDtypeStruct)
+
+
 def _is_array_tree(value: Any) -> bool:
-    if isinstance(value, (np.ndarray, jax.Array)):
+    if isinstance(value, _ARRAY_TYPES):
         return True
     if isinstance(value, (str, bytes, int, float, bool, type(None))):
         return False
     leaves = jax.tree_util.tree_leaves(value)
-    return bool(leaves) and all(isinstance(x, (np.ndarray, jax.Array)) for x in leaves)
+    return bool(leaves) and all(isinstance(x, _ARRAY_TYPES) for x in leaves)
 
 
 class _Static:

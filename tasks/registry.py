@@ -33,7 +33,7 @@ def registered_names() -> Tuple[str, ...]:
 
 
 def get(name: str, **kwargs: Any) -> TaskFamily:
-    """Builds the registered family `name` from keyword arguments; raises TaskError on unknown names or arguments."""
+    """Builds the registered family `name` from keyword arguments; TaskError on unknown names/arguments."""
     cls = _family_class(name)
     signature_parameters = _constructor_parameters(cls)
     parameters = [p for p in signature_parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

@@ -17,12 +17,16 @@ from tasks.datasets import load_dataset, resize_images
 from tasks.mlp_image import ACTIVATIONS, apply_activation
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FAMILY_VARIANTS = [(name, {}) for name in tasks.registered_names()] + [
-    ("logistic_regression", {"dataset": "synthetic", "dim": 8, "batch_size": 128, "max_label_noise": 0.05}),
-    ("quadratic", {"dim": 6, "grad_noise": 0.1}),
-    ("mlp_image", {"hidden": (16,), "activations": ("tanh", "elu")}),
-]
-VARIANT_IDS = [f"{name}-{'-'.join(map(str, kwargs.values())) or 'default'}" for name, kwargs in FAMILY_VARIANTS]
+DEFAULT_FAMILIES = [(name, {}) for name in tasks.registered_names()]
+SYNTHETIC_LOGISTIC = (
+    "logistic_regression", {"dataset": "synthetic", "dim": 8, "batch_size": 128, "max_label_noise": 0.05}
+)
+JIT_VARIANTS = DEFAULT_FAMILIES + [SYNTHETIC_LOGISTIC, ("mlp_image", {"hidden": (16,), "activations": ("tanh", "elu")})]
+TRAIN_VARIANTS = DEFAULT_FAMILIES + [SYNTHETIC_LOGISTIC, ("quadratic", {"dim": 6, "grad_noise": 0.1})]
+
+
+def variant_ids(variants):
+    return [f"{name}-{'-'.join(map(str, kwargs.values())) or 'default'}" for name, kwargs in variants]
 
 
 def needs_shared_data() -> Path:
@@ -45,7 +49,7 @@ def test_registered_names():
     assert {"quadratic", "logistic_regression", "mlp_image"} <= set(tasks.registered_names())
 
 
-@pytest.mark.parametrize("name,kwargs", FAMILY_VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("name,kwargs", JIT_VARIANTS, ids=variant_ids(JIT_VARIANTS))
 def test_family_jit_vmap_static_shapes_and_scale(name, kwargs):
     family = tasks.get(name, **kwargs)
     keys = jax.random.split(jax.random.key(0), 4)
@@ -68,7 +72,7 @@ def test_family_jit_vmap_static_shapes_and_scale(name, kwargs):
     assert np.all((normalized > 0.02) & (normalized < 20.0)), normalized
 
 
-@pytest.mark.parametrize("name,kwargs", FAMILY_VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("name,kwargs", TRAIN_VARIANTS, ids=variant_ids(TRAIN_VARIANTS))
 def test_adam_lowers_loss_on_fixed_task(name, kwargs):
     family = tasks.get(name, **kwargs)
     task = family.task(family.sample(jax.random.key(1)))
@@ -257,6 +261,8 @@ def test_registry_errors_are_one_line():
     assert_one_line_error(error, "dimension", "dim", "grad_noise")
     with pytest.raises(tasks.TaskError):
         tasks.get("mlp_image", dataset="imagenet")
+    assert tasks.accepts_argument("mlp_image", "data_dir") and not tasks.accepts_argument("quadratic", "data_dir")
+    assert not tasks.accepts_argument("no_such_family", "dim")
 
 
 def test_unknown_split_and_single_task_family():
