@@ -63,6 +63,15 @@ class LearnedOptimizer:
         """
         raise NotImplementedError
 
+    def trainable_mask(self, meta_params: MetaParams, phase: str = "all") -> Any:
+        """Returns a pytree of bools shaped like `meta_params`: which meta-params a meta-training phase changes.
+
+        Every optimizer has the phase "all"; optimizers trained in stages (e.g. Celo) add their own.
+        """
+        if phase != "all":
+            raise LearnedOptimizerError(f"optimizer {self.name!r} has no meta-training phase {phase!r}; it has: all")
+        return jax.tree.map(lambda _: True, meta_params)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"

@@ -13,8 +13,9 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Any, List, NamedTuple, Sequence
+from typing import Any, List, NamedTuple, Sequence, Tuple
 
+import jax
 import ml_collections
 import optax
 
@@ -57,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
             "grad_clip": 1.0,
             "num_steps": 1000,
             "task_map": "vmap",
+            "phases": (),
         }
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3})
@@ -195,12 +197,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     if mt.horizon == "log_uniform":
         _require(mt.horizon_min <= mt.horizon_max, f"meta_train.horizon_min ({mt.horizon_min}) > horizon_max ({mt.horizon_max})")
+    parse_phases(mt.phases, mt.num_steps)
     _require(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1")
     _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
     if config.eval.enabled:
         _require(config.eval.num_tasks >= 1 and config.eval.num_steps >= 1, "eval.num_tasks and eval.num_steps must be >= 1")
         _require(len(config.eval.learning_rates) >= 1, "eval.learning_rates must list at least one learning rate")
         _require(all(lr > 0 for lr in config.eval.learning_rates), "eval.learning_rates must be positive")
+
+
+def parse_phases(phases: Sequence[str], num_steps: int) -> List[Tuple[str, int]]:
+    """Returns [(phase, first meta-step)] from "name:steps" entries; the last phase runs to num_steps.
+
+    An empty `phases` is one phase, "all", over the whole run.
+    """
+    if not phases:
+        return [("all", 0)]
+    schedule, start = [], 0
+    for entry in phases:
+        name, _, steps = str(entry).partition(":")
+        _require(name != "" and steps.isdigit() and int(steps) >= 1,
+                 f"meta_train.phases entries look like 'name:steps' (e.g. 'mlp:1000'), got {entry!r}")
+        schedule.append((name, start))
+        start += int(steps)
+    _require(start - int(steps) < num_steps,
+             f"meta_train.phases start their last phase at meta-step {start - int(steps)}, "
+             f"not before meta_train.num_steps ({num_steps})")
+    return schedule
+
+
+def phase_at(schedule: Sequence[Tuple[str, int]], step: int) -> str:
+    """Returns the name of the phase that meta-step `step` (0-based) belongs to."""
+    current = schedule[0][0]
+    for name, start in schedule:
+        if step >= start:
+            current = name
+    return current
 
 
 def _kwargs(group: ml_collections.ConfigDict) -> dict:
@@ -271,4 +303,9 @@ def build(config: ml_collections.ConfigDict) -> Run:
         meta_loss=config.meta_train.meta_loss,
         max_meta_loss=config.meta_train.max_meta_loss,
     )
+    for name, _ in parse_phases(config.meta_train.phases, config.meta_train.num_steps):
+        try:
+            optimizer.trainable_mask(optimizer.init(jax.random.key(0)), name)
+        except (lopt.LearnedOptimizerError, ValueError) as err:
+            raise ConfigError(f"config.meta_train.phases: {err}") from None
     return Run(family, optimizer, trainer)

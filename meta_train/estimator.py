@@ -28,7 +28,11 @@ class Estimator:
         raise NotImplementedError
 
     def estimate(
-        self, unroll: TruncatedUnroll, meta_params: Any, state: Any, key: Array
+        self, unroll: TruncatedUnroll, meta_params: Any, state: Any, key: Array, mask: Any = None
     ) -> Tuple[Any, Any, Dict[str, Array]]:
-        """Returns (meta-gradient with the structure of meta_params, new state, scalar metrics)."""
+        """Returns (meta-gradient with the structure of meta_params, new state, scalar metrics).
+
+        `mask` (a pytree of 0/1 floats shaped like meta_params, or None for all ones) marks the
+        meta-params being trained; estimators must not perturb the others.
+        """
         raise NotImplementedError

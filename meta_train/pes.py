@@ -77,11 +77,13 @@ class PES(Estimator):
         return PESState(tasks=tasks, accumulator=zeros)
 
     def estimate(
-        self, unroll: TruncatedUnroll, meta_params: Any, state: PESState, key: Array
+        self, unroll: TruncatedUnroll, meta_params: Any, state: PESState, key: Array, mask: Any = None
     ) -> Tuple[Any, PESState, Dict[str, Array]]:
         """Runs one truncation of every task at theta +- eps and returns the PES meta-gradient."""
         noise_key, unroll_key = jax.random.split(key)
         eps = sample_perturbations(meta_params, noise_key, self.num_tasks, self.std)
+        if mask is not None:
+            eps = jax.tree.map(lambda e, m: e * m.astype(e.dtype), eps, mask)
         particles = antithetic_particles(meta_params, eps)
 
         def run(theta, task_state, task_key):

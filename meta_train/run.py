@@ -110,6 +110,7 @@ def meta_train(
     _trim_metrics(metrics_path, start)
 
     total = int(config.meta_train.num_steps)
+    schedule = config_lib.parse_phases(config.meta_train.phases, total)
     inner_per_step = trainer.inner_steps_per_meta_step
     progress = tqdm(total=total, initial=start, desc="meta-train", unit="step", disable=not show_progress,
                     dynamic_ncols=True, file=sys.stderr)
@@ -120,7 +121,8 @@ def meta_train(
         with metrics_path.open("a") as log:
             for step in range(start, total):
                 began = time.perf_counter()
-                state, metrics = trainer.step(state)
+                phase = config_lib.phase_at(schedule, step)
+                state, metrics = trainer.step(state, trainer.phase_mask(state.meta_params, phase))
                 window_steps += 1
                 if compile_seconds is None:
                     jax.block_until_ready(state)
@@ -131,7 +133,7 @@ def meta_train(
                     last = _scalars(metrics)
                     elapsed = time.perf_counter() - window_start
                     rate = inner_per_step * window_steps / elapsed if window_steps and elapsed > 0 else float("nan")
-                    last.update(step=done, inner_steps_per_s=rate, time=time.time())
+                    last.update(step=done, inner_steps_per_s=rate, time=time.time(), phase=phase)
                     log.write(json.dumps(last) + "\n")
                     log.flush()
                     progress.set_postfix(meta_loss=f"{last['meta_loss']:.4f}", inner_steps_s=f"{rate:,.0f}")

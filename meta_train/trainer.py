@@ -57,6 +57,7 @@ class Trainer:
         self.meta_loss = meta_loss
         self.max_meta_loss = float(max_meta_loss)
         TruncatedUnroll(family, learned_optimizer, horizon, meta_loss, max_meta_loss)  # validates arguments
+        self._phase_masks: Dict[str, Any] = {}
         self._init = jax.jit(self._init_impl)
         self._step = jax.jit(self._step_impl)
 
@@ -84,15 +85,19 @@ class Trainer:
             meta_params = self.learned_optimizer.init(params_key)
         return self._init(jax.random.key_data(trainer_key), self.family, meta_params)
 
-    def _step_impl(self, state: TrainerState, family: TaskFamily) -> Tuple[TrainerState, Dict[str, Array]]:
+    def _step_impl(
+        self, state: TrainerState, family: TaskFamily, mask: Any
+    ) -> Tuple[TrainerState, Dict[str, Array]]:
         key, estimate_key = jax.random.split(jax.random.wrap_key_data(state.key))
         gradient, estimator_state, metrics = self.estimator.estimate(
-            self.unroll(family), state.meta_params, state.estimator_state, estimate_key
+            self.unroll(family), state.meta_params, state.estimator_state, estimate_key, mask
         )
+        gradient = jax.tree.map(lambda g, m: g * m.astype(g.dtype), gradient, mask)
         gradient_norm = global_norm(gradient)
         finite = jnp.isfinite(gradient_norm)
         gradient = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), gradient)
         updates, meta_opt_state = self.meta_optimizer.update(gradient, state.meta_opt_state, state.meta_params)
+        updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, mask)
         meta_params = optax.apply_updates(state.meta_params, updates)
         meta_params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), meta_params, state.meta_params)
         meta_opt_state = jax.tree.map(
@@ -105,9 +110,20 @@ class Trainer:
         new_state = TrainerState(meta_params, meta_opt_state, estimator_state, jax.random.key_data(key), state.step + 1)
         return new_state, metrics
 
-    def step(self, state: TrainerState) -> Tuple[TrainerState, Dict[str, Array]]:
-        """Runs one meta-step (one jitted call) and returns the new state and scalar metrics."""
-        return self._step(state, self.family)
+    def phase_mask(self, meta_params: Any, phase: str = "all") -> Any:
+        """Returns the 0/1 float mask of the meta-params that meta-training `phase` trains."""
+        if phase not in self._phase_masks:
+            trainable = self.learned_optimizer.trainable_mask(meta_params, phase)
+            self._phase_masks[phase] = jax.tree.map(
+                lambda t, p: jnp.full(jnp.shape(p), t, jnp.float32), trainable, meta_params
+            )
+        return self._phase_masks[phase]
+
+    def step(self, state: TrainerState, mask: Any = None) -> Tuple[TrainerState, Dict[str, Array]]:
+        """Runs one meta-step (one jitted call); `mask` (see phase_mask) limits which meta-params change."""
+        if mask is None:
+            mask = self.phase_mask(state.meta_params)
+        return self._step(state, self.family, mask)
 
     @property
     def inner_steps_per_meta_step(self) -> int:

@@ -66,3 +66,16 @@ class MomentumLOpt(LearnedOptimizer):
         lr = jnp.exp(meta_params["log_lr"])
         beta = jax.nn.sigmoid(meta_params["momentum_logit"])
         return optax.with_extra_args_support(optax.sgd(lr, momentum=beta))
+
+
+class TwoPhaseMomentumLOpt(MomentumLOpt):
+    """MomentumLOpt whose learning rate and momentum are meta-trained in separate phases."""
+
+    name = "_test_two_phase_momentum"
+
+    def trainable_mask(self, meta_params, phase="all"):
+        if phase == "all":
+            return jax.tree.map(lambda _: True, meta_params)
+        if phase not in ("lr", "momentum"):
+            raise ValueError(f"no phase {phase!r}; phases: all, lr, momentum")
+        return {"log_lr": phase == "lr", "momentum_logit": phase == "momentum"}
