@@ -16,9 +16,9 @@ Array = jax.Array
 
 
 class MLPLOptState(NamedTuple):
-    """Optimizer state: per-parameter momenta (trailing axis, one per decay) and the step count."""
+    """Optimizer state: momenta of every parameter, flattened in tree order to [num_params, num_decays], and the step count."""
 
-    momenta: Any
+    momenta: Array
     iteration: Array
 
 
@@ -49,6 +49,9 @@ class MLPLOpt(LearnedOptimizer):
     Inputs per parameter: gradient, parameter and six momenta, each normalised per tensor by
     its second moment, plus eleven time features tanh(t / tau - 1). The update is
     `-direction * exp(magnitude * exp_mult) * step_mult`.
+
+    All parameters are processed as one flat [num_params, features] array, in blocks of
+    `block_size` rows when larger, so the MLP's [rows, hidden] intermediates stay in cache.
     """
 
     def __init__(
@@ -58,12 +61,14 @@ class MLPLOpt(LearnedOptimizer):
         exp_mult: float = 1e-3,
         momentum_decays: Tuple[float, ...] = features.MOMENTUM_DECAYS,
         time_scales: Tuple[float, ...] = features.TIME_SCALES,
+        block_size: int = 32768,
     ):
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.step_mult = float(step_mult)
         self.exp_mult = float(exp_mult)
         self.momentum_decays = tuple(float(d) for d in momentum_decays)
         self.time_scales = tuple(float(t) for t in time_scales)
+        self.block_size = int(block_size)
 
     @property
     def num_param_features(self) -> int:
@@ -87,37 +92,39 @@ class MLPLOpt(LearnedOptimizer):
         num_layers = len(self.hidden_sizes) + 1
         num_param_features = self.num_param_features
         step_mult, exp_mult, time_scales = self.step_mult, self.exp_mult, self.time_scales
+        block_size = self.block_size
 
         def init_fn(params):
-            momenta = jax.tree.map(
-                lambda p: jnp.zeros(p.shape + (len(self.momentum_decays),), jnp.float32), params
+            size = sum(jnp.size(p) for p in jax.tree.leaves(params))
+            return MLPLOptState(
+                momenta=jnp.zeros((size, len(self.momentum_decays)), jnp.float32),
+                iteration=jnp.zeros((), jnp.int32),
             )
-            return MLPLOptState(momenta=momenta, iteration=jnp.zeros((), jnp.int32))
 
         def update_fn(grads, state, params=None, **extra_args):
             del extra_args
             if params is None:
                 raise ValueError("the mlp learned optimizer needs params: call update(grads, state, params)")
             chex.assert_trees_all_equal_shapes(grads, params)
-            momenta = jax.tree.map(
-                lambda m, g: features.update_emas(m, g.astype(jnp.float32), decays), state.momenta, grads
+            flat_grads = features.flatten_tree(grads)
+            chex.assert_shape(state.momenta, (flat_grads.shape[0], len(self.momentum_decays)))
+            momenta = features.update_emas(state.momenta, flat_grads, decays)
+            sizes = features.leaf_sizes(params)
+            per_param = jnp.concatenate(
+                [flat_grads[:, None], features.flatten_tree(params)[:, None], momenta], axis=1
             )
+            per_param = features.normalize_segments(per_param, sizes)
             time_input = features.time_features(state.iteration, time_scales)
             w0 = meta_params["w0"]
             time_bias = time_input @ w0[num_param_features:] + meta_params["b0"]
 
-            def tensor_update(g, p, m):
-                per_param = jnp.concatenate(
-                    [g.astype(jnp.float32)[..., None], p.astype(jnp.float32)[..., None], m], axis=-1
-                )
-                per_param = features.second_moment_normalize(per_param)
-                first = per_param @ w0[:num_param_features] + time_bias
+            def step_of(rows):
+                first = rows @ w0[:num_param_features] + time_bias
                 out = apply_mlp_hidden(meta_params, first, num_layers)
-                direction, magnitude = out[..., 0], out[..., 1]
-                step = direction * jnp.exp(magnitude * exp_mult) * step_mult
-                return (-step).astype(p.dtype)
+                return out[..., 0] * jnp.exp(out[..., 1] * exp_mult) * step_mult
 
-            updates = jax.tree.map(tensor_update, grads, params, momenta)
+            steps = features.map_in_blocks(step_of, per_param, block_size)
+            updates = features.unflatten_like(-steps, params)
             return updates, MLPLOptState(momenta=momenta, iteration=state.iteration + 1)
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict
 
@@ -12,6 +13,7 @@ import numpy as np
 
 import lopt
 from meta_train import evaluate
+from meta_train.files import write_text_atomic
 
 EVAL_FILE = "eval.json"
 PLOT_FILE = "eval_curves.png"
@@ -60,8 +62,10 @@ def plot_curves(named_curves: Dict[str, evaluate.Curves], path: Path, title: str
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=110)
     plt.close(figure)
+    os.replace(temporary, path)
 
 
 def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, workdir: Path) -> Dict[str, Any]:
@@ -107,7 +111,7 @@ def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, 
             "tuned_baseline": tuned["curves"].train_losses.tolist(),
         },
     }
-    (workdir / EVAL_FILE).write_text(json.dumps(result))
+    write_text_atomic(workdir / EVAL_FILE, json.dumps(result))
     plot_curves(
         {rows[0]["optimizer"]: trained_curves, rows[1]["optimizer"]: initial_curves, baseline_name: tuned["curves"]},
         workdir / PLOT_FILE,

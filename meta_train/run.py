@@ -20,6 +20,7 @@ from lopt import export
 from meta_train import config as config_lib
 from meta_train import report
 from meta_train.checkpoint import CheckpointError, Checkpointer
+from meta_train.files import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -58,7 +59,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    path.write_text("".join(line + "\n" for line in kept))
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def provenance(config: ml_collections.ConfigDict, step: int) -> Dict[str, Any]:
@@ -96,7 +97,7 @@ def meta_train(
             raise config_lib.ConfigError(
                 f"workdir {workdir} holds a run with a different config ({saved_config}); use a new --workdir"
             )
-    saved_config.write_text(json.dumps(config_json, indent=2))
+    write_text_atomic(saved_config, json.dumps(config_json, indent=2))
 
     trainer = run.trainer
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep)
