@@ -63,6 +63,14 @@ class MLPLOpt(LearnedOptimizer):
         time_scales: Tuple[float, ...] = features.TIME_SCALES,
         block_size: int = 32768,
     ):
+        if not all(int(h) >= 1 for h in hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive widths, got {tuple(hidden_sizes)}")
+        if not (step_mult > 0 and exp_mult >= 0 and int(block_size) >= 1):
+            raise ValueError(
+                f"need step_mult > 0, exp_mult >= 0 and block_size >= 1; got {step_mult}, {exp_mult}, {block_size}"
+            )
+        if not all(0.0 <= float(d) < 1.0 for d in momentum_decays):
+            raise ValueError(f"momentum_decays must lie in [0, 1), got {tuple(momentum_decays)}")
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.step_mult = float(step_mult)
         self.exp_mult = float(exp_mult)

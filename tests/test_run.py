@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -173,3 +174,24 @@ def test_workdir_of_another_config_is_refused(tmp_path, tiny_config, capsys):
         ["--config", str(tiny_config), "--workdir", str(workdir), "--config.meta_train.std=0.1"], capsys
     )
     assert code == 2 and "different config" in err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.task.kwargs.hidden=(0,)", "must be positive"),
+        ("--config.task.kwargs.image_size=7", "no image_size=7"),
+        ("--config.task.kwargs.hidden=abc", "expects a tuple"),
+        ("--config.optimizer.kwargs.hidden_sizes=(-1,)", "hidden_sizes must be positive"),
+        ("--config.optimizer.kwargs.step_mult=abc", "expects a float"),
+        ("--config.task.kwargs.dataset=mnst", "no dataset 'mnst'"),
+        ("--config.meta_train.std=-1", "meta_train.std must be positive"),
+        ("--config.eval.learning_rates=()", "at least one learning rate"),
+    ],
+)
+def test_impossible_values_for_the_quickstart_are_one_line_errors(tmp_path, capsys, override, message):
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.py"
+    code, _, err = run_cli(["--config", str(quickstart), "--workdir", str(tmp_path / "w"), override], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
