@@ -30,7 +30,9 @@ def meta_train_main(argv: Optional[List[str]] = None) -> int:
         summary = run.meta_train(config, args.workdir, show_progress=not args.no_progress)
     except USER_ERRORS as err:
         return _fail(err)
-    print(f"exported trained optimizer to {summary['export']}")
+    if summary["process_index"] == 0:
+        print(f"exported trained optimizer to {summary['export']}")
+    print(f"process {summary['process_index']}: meta-params sha256 {summary['meta_params_sha256']}")
     return 0
 
 

@@ -23,12 +23,14 @@ import lopt
 import tasks
 from meta_train.estimator import Estimator
 from meta_train.horizons import ConstantHorizon, Horizon, LogUniformHorizon
+from meta_train.parallel import TaskParallelism
 from meta_train.pes import PES
 from meta_train.trainer import Trainer
 
 ESTIMATORS = ("pes",)
 HORIZON_KINDS = ("constant", "log_uniform")
 TASK_MAPS = ("vmap", "map")
+PARALLEL_MODES = ("none", "shard_map", "pmap")
 
 
 class ConfigError(ValueError):
@@ -59,7 +61,12 @@ def base_config() -> ml_collections.ConfigDict:
             "num_steps": 1000,
             "task_map": "vmap",
             "phases": (),
+            "parallel": "none",
+            "num_devices": 0,
         }
+    )
+    config.distributed = ml_collections.ConfigDict(
+        {"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1}
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3})
     config.log_every = 10
@@ -184,6 +191,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     mt = config.meta_train
     _require(mt.estimator in ESTIMATORS, f"meta_train.estimator must be one of {ESTIMATORS}, got {mt.estimator!r}")
     _require(mt.horizon in HORIZON_KINDS, f"meta_train.horizon must be one of {HORIZON_KINDS}, got {mt.horizon!r}")
+    _require(mt.parallel in PARALLEL_MODES, f"meta_train.parallel must be one of {PARALLEL_MODES}, got {mt.parallel!r}")
+    _require(mt.num_devices >= 0, f"meta_train.num_devices must be >= 0 (0 = all visible), got {mt.num_devices}")
     _require(mt.task_map in TASK_MAPS, f"meta_train.task_map must be one of {TASK_MAPS}, got {mt.task_map!r}")
     _require(mt.meta_loss in ("train", "valid"), f"meta_train.meta_loss must be 'train' or 'valid', got {mt.meta_loss!r}")
     for key in ("num_tasks", "trunc_length", "num_steps"):
@@ -275,6 +284,38 @@ def build_estimator(config: ml_collections.ConfigDict) -> Estimator:
     return PES(num_tasks=mt.num_tasks, trunc_length=mt.trunc_length, std=mt.std, task_map=mt.task_map)
 
 
+def build_parallelism(config: ml_collections.ConfigDict) -> TaskParallelism:
+    """Returns how the task axis is spread over devices (`meta_train.parallel`, `meta_train.num_devices`)."""
+    mt = config.meta_train
+    try:
+        parallelism = TaskParallelism(mt.parallel, mt.num_devices or None)
+        parallelism.check_num_tasks(mt.num_tasks)
+    except ValueError as err:
+        raise ConfigError(f"config.meta_train: {err}") from None
+    return parallelism
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Joins JAX's multi-process runtime when `distributed.enabled`; unset fields come from the environment.
+
+    Must run before anything touches a device.
+    """
+    settings = config.distributed
+    if not settings.enabled:
+        return
+    kwargs = {}
+    if settings.coordinator_address:
+        kwargs["coordinator_address"] = settings.coordinator_address
+    if settings.num_processes > 0:
+        kwargs["num_processes"] = settings.num_processes
+    if settings.process_id >= 0:
+        kwargs["process_id"] = settings.process_id
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"config.distributed: could not join the multi-process runtime: {err}") from None
+
+
 def build_meta_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Returns Adam with global-norm gradient clipping at the configured rate."""
     mt = config.meta_train
@@ -302,6 +343,7 @@ def build(config: ml_collections.ConfigDict) -> Run:
         meta_optimizer=build_meta_optimizer(config),
         meta_loss=config.meta_train.meta_loss,
         max_meta_loss=config.meta_train.max_meta_loss,
+        parallelism=build_parallelism(config),
     )
     for name, _ in parse_phases(config.meta_train.phases, config.meta_train.num_steps):
         try:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from meta_train.estimator import Estimator
-from meta_train.unroll import TaskState, TruncatedUnroll, map_over_tasks
+from meta_train.unroll import TaskState, TruncatedUnroll
 
 Array = jax.Array
 
@@ -86,11 +86,11 @@ class PES(Estimator):
             eps = jax.tree.map(lambda e, m: e * m.astype(e.dtype), eps, mask)
         particles = antithetic_particles(meta_params, eps)
 
-        def run(theta, task_state, task_key):
-            return unroll.truncation(theta, task_state, task_key, self.trunc_length)
+        def run(task_unroll, theta, task_state, task_key):
+            return task_unroll.truncation(theta, task_state, task_key, self.trunc_length)
 
         task_keys = jax.random.split(unroll_key, self.num_tasks)
-        tasks, result = map_over_tasks(run, self.task_map)(particles, state.tasks, task_keys)
+        tasks, result = unroll.map_tasks(run, self.task_map)(particles, state.tasks, task_keys)
 
         loss_difference = (result.meta_losses[..., 0] - result.meta_losses[..., 1]) / self.trunc_length
         old_run_diff, new_run_diff = split_by_first_reset(loss_difference, result.resets)

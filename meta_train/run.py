@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -19,8 +21,9 @@ from tqdm import tqdm
 from lopt import export
 from meta_train import config as config_lib
 from meta_train import report
-from meta_train.checkpoint import CheckpointError, Checkpointer
+from meta_train.checkpoint import CheckpointError, Checkpointer, to_host
 from meta_train.files import write_text_atomic
+from meta_train.trainer import place_state
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -36,9 +39,8 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
     path = Path(workdir).absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_probe"):
+            pass
     except OSError as err:
         raise WorkdirError(f"workdir {path} is not writable: {err.strerror or err}") from None
     return path
@@ -83,37 +85,37 @@ def meta_train(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show_progress: bool = True
 ) -> Dict[str, Any]:
     """Runs (or resumes) the meta-training described by `config` in `workdir`; returns a summary."""
+    config_lib.initialize_distributed(config)
     run = config_lib.build(config)
     workdir = prepare_workdir(workdir)
+    primary = jax.process_index() == 0
     saved_config = workdir / CONFIG_FILE
     config_json = json.loads(config.to_json_best_effort())
-    if saved_config.exists():
-        previous = json.loads(saved_config.read_text())
-        if {k: v for k, v in previous.items() if k != "meta_train"} != {
-            k: v for k, v in config_json.items() if k != "meta_train"
-        } or {k: v for k, v in previous["meta_train"].items() if k != "num_steps"} != {
-            k: v for k, v in config_json["meta_train"].items() if k != "num_steps"
-        }:
-            raise config_lib.ConfigError(
-                f"workdir {workdir} holds a run with a different config ({saved_config}); use a new --workdir"
-            )
-    write_text_atomic(saved_config, json.dumps(config_json, indent=2))
+    if saved_config.exists() and _run_identity(json.loads(saved_config.read_text())) != _run_identity(config_json):
+        raise config_lib.ConfigError(
+            f"workdir {workdir} holds a run with a different config ({saved_config}); use a new --workdir"
+        )
+    if primary:
+        write_text_atomic(saved_config, json.dumps(config_json, indent=2))
 
     trainer = run.trainer
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep)
     state = trainer.init(jax.random.key(config.seed))
     start = 0
     if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state)
+        state = place_state(checkpointer.restore(state), trainer.parallelism)
         start = int(state.step)
-        print(f"resumed from checkpoint at meta-step {start} in {workdir}", file=sys.stderr)
-    metrics_path = workdir / METRICS_FILE
-    _trim_metrics(metrics_path, start)
+        if primary or jax.process_count() > 1:
+            who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+            print(f"{who}resumed from checkpoint at meta-step {start} in {workdir}", file=sys.stderr)
+    metrics_path = workdir / METRICS_FILE if primary else Path(os.devnull)
+    if primary:
+        _trim_metrics(metrics_path, start)
 
     total = int(config.meta_train.num_steps)
     schedule = config_lib.parse_phases(config.meta_train.phases, total)
     inner_per_step = trainer.inner_steps_per_meta_step
-    progress = tqdm(total=total, initial=start, desc="meta-train", unit="step", disable=not show_progress,
+    progress = tqdm(total=total, initial=start, desc="meta-train", unit="step", disable=not (show_progress and primary),
                     dynamic_ncols=True, file=sys.stderr)
     last = {}
     window_start, window_steps = time.perf_counter(), 0
@@ -146,14 +148,38 @@ def meta_train(
         progress.close()
         checkpointer.close()
 
-    export_path = export.save(
-        workdir / EXPORT_FILE, run.learned_optimizer, jax.device_get(state.meta_params), provenance(config, total)
-    )
+    meta_params = to_host(state.meta_params)
+    export_path = workdir / EXPORT_FILE
+    if primary:
+        export.save(export_path, run.learned_optimizer, meta_params, provenance(config, total))
     summary = {"workdir": str(workdir), "meta_steps": total, "export": str(export_path),
-               "compile_seconds": compile_seconds, "last_metrics": last}
-    if config.eval.enabled:
-        summary["evaluation"] = report.evaluate_run(config, run, state.meta_params, workdir)
+               "compile_seconds": compile_seconds, "last_metrics": last,
+               "meta_params_sha256": tree_digest(meta_params), "process_index": jax.process_index()}
+    if config.eval.enabled and primary:
+        summary["evaluation"] = report.evaluate_run(config, run, meta_params, workdir)
     return summary
+
+
+def tree_digest(tree: Any) -> str:
+    """Returns a SHA-256 over the bytes, shapes and dtypes of every leaf: equal digests mean bit-identical trees."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        leaf = np.ascontiguousarray(leaf)
+        digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()
+
+
+RESUMABLE_CHANGES = {"distributed": None, "meta_train": ("num_steps", "parallel", "num_devices", "task_map")}
+
+
+def _run_identity(config_json: Dict[str, Any]) -> Dict[str, Any]:
+    """The parts of a config that must match for a workdir to be resumed (device layout and length may change)."""
+    identity = {k: v for k, v in config_json.items() if k != "distributed"}
+    identity["meta_train"] = {
+        k: v for k, v in config_json.get("meta_train", {}).items() if k not in RESUMABLE_CHANGES["meta_train"]
+    }
+    return identity
 
 
 def export_workdir(workdir: str | os.PathLike, out: Optional[str | os.PathLike] = None) -> Path:

@@ -6,10 +6,13 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import NamedSharding
 
 from meta_train.estimator import Estimator
 from meta_train.horizons import Horizon
+from meta_train.parallel import TaskParallelism
 from meta_train.unroll import TruncatedUnroll, check_truncation
 from tasks.base import TaskFamily
 
@@ -31,6 +34,37 @@ def global_norm(tree: Any) -> Array:
     return optax.tree.norm(tree)
 
 
+def place_replicated(tree: Any, sharding: Optional[NamedSharding]) -> Any:
+    """Returns `tree` on the default device, or copied whole onto every device of `sharding` (works across hosts)."""
+    if sharding is None:
+        return jax.device_put(tree)
+
+    def place(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(place, tree)
+
+
+def place_state(state: "TrainerState", parallelism: TaskParallelism) -> "TrainerState":
+    """Returns a (restored, host-side) state laid out on the devices the way the trainer's jitted step expects."""
+    replicated, by_task = parallelism.replicated_sharding(), parallelism.task_sharding()
+    if replicated is None:
+        return jax.device_put(state)
+
+    def place(leaf, sharding):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return TrainerState(
+        jax.tree.map(lambda x: place(x, replicated), state.meta_params),
+        jax.tree.map(lambda x: place(x, replicated), state.meta_opt_state),
+        jax.tree.map(lambda x: place(x, by_task), state.estimator_state),
+        place(state.key, replicated),
+        place(state.step, replicated),
+    )
+
+
 class Trainer:
     """Meta-trains `learned_optimizer` on `family` with `estimator` and `meta_optimizer`.
 
@@ -47,9 +81,12 @@ class Trainer:
         meta_optimizer: Optional[optax.GradientTransformation] = None,
         meta_loss: str = "train",
         max_meta_loss: float = 10.0,
+        parallelism: Optional[TaskParallelism] = None,
     ):
         check_truncation(horizon, estimator.trunc_length)
-        self.family = jax.device_put(family)
+        self.parallelism = parallelism or TaskParallelism()
+        self.parallelism.check_num_tasks(estimator.num_tasks)
+        self.family = place_replicated(family, self.parallelism.replicated_sharding())
         self.learned_optimizer = learned_optimizer
         self.estimator = estimator
         self.horizon = horizon
@@ -58,12 +95,20 @@ class Trainer:
         self.max_meta_loss = float(max_meta_loss)
         TruncatedUnroll(family, learned_optimizer, horizon, meta_loss, max_meta_loss)  # validates arguments
         self._phase_masks: Dict[str, Any] = {}
-        self._init = jax.jit(self._init_impl)
-        self._step = jax.jit(self._step_impl)
+        replicated, by_task = self.parallelism.replicated_sharding(), self.parallelism.task_sharding()
+        if replicated is None:
+            self._init = jax.jit(self._init_impl)
+            self._step = jax.jit(self._step_impl)
+        else:
+            state_sharding = TrainerState(replicated, replicated, by_task, replicated, replicated)
+            self._init = jax.jit(self._init_impl, out_shardings=state_sharding)
+            self._step = jax.jit(self._step_impl, out_shardings=(state_sharding, replicated))
 
     def unroll(self, family: TaskFamily) -> TruncatedUnroll:
         """Returns the truncated unroll of this trainer for `family` (possibly a traced pytree)."""
-        return TruncatedUnroll(family, self.learned_optimizer, self.horizon, self.meta_loss, self.max_meta_loss)
+        return TruncatedUnroll(
+            family, self.learned_optimizer, self.horizon, self.meta_loss, self.max_meta_loss, self.parallelism
+        )
 
     def _init_impl(self, key_data: Array, family: TaskFamily, meta_params: Any) -> TrainerState:
         key = jax.random.wrap_key_data(key_data)
@@ -83,7 +128,9 @@ class Trainer:
         params_key, trainer_key = jax.random.split(key)
         if meta_params is None:
             meta_params = self.learned_optimizer.init(params_key)
-        return self._init(jax.random.key_data(trainer_key), self.family, meta_params)
+        replicated = self.parallelism.replicated_sharding()
+        key_data = place_replicated(jax.random.key_data(trainer_key), replicated)
+        return self._init(key_data, self.family, place_replicated(meta_params, replicated))
 
     def _step_impl(
         self, state: TrainerState, family: TaskFamily, mask: Any

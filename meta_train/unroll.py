@@ -8,7 +8,7 @@ diverges.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import chex
 import jax
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from meta_train.horizons import Horizon
+from meta_train.parallel import TaskParallelism
 from tasks.base import TaskFamily
 
 Array = jax.Array
@@ -65,6 +66,7 @@ class TruncatedUnroll:
         horizon: Horizon,
         meta_loss: str = "train",
         max_meta_loss: float = 10.0,
+        parallelism: Optional[TaskParallelism] = None,
     ):
         if meta_loss not in META_LOSS_KINDS:
             raise ValueError(f"meta_loss must be one of {META_LOSS_KINDS}, got {meta_loss!r}")
@@ -73,6 +75,7 @@ class TruncatedUnroll:
         self.horizon = horizon
         self.meta_loss = meta_loss
         self.max_meta_loss = float(max_meta_loss)
+        self.parallelism = parallelism or TaskParallelism()
 
     def fresh_state(self, particle_meta_params: Any, key: Array, first: bool = False) -> TaskState:
         """Returns a new inner run: a sampled task, initial params copied to every particle, step 0."""
@@ -131,6 +134,26 @@ class TruncatedUnroll:
 
         step_keys = jax.random.split(steps_key, num_steps)
         return jax.lax.scan(one_step, state, step_keys)
+
+
+    def with_family(self, family: TaskFamily) -> "TruncatedUnroll":
+        """Returns this unroll for another (e.g. per-device) copy of the family."""
+        return TruncatedUnroll(
+            family, self.learned_optimizer, self.horizon, self.meta_loss, self.max_meta_loss, self.parallelism
+        )
+
+    def map_tasks(self, fn, task_map: str):
+        """Returns `fn(unroll, *task_args)` applied over the leading task axis of task_args, spread over devices.
+
+        The family travels into each device's program as an explicit replicated argument.
+        """
+
+        def per_device(family, *args):
+            unroll = self.with_family(family)
+            return map_over_tasks(lambda *a: fn(unroll, *a), task_map)(*args)
+
+        spread = self.parallelism.over_tasks(per_device)
+        return lambda *args: spread(self.family, *args)
 
 
 def map_over_tasks(fn, task_map: str):

@@ -1,0 +1,76 @@
+"""Spreading the task axis of meta-training over devices (and hosts) with shard_map or pmap.
+
+Every leaf of an estimator's state has a leading task axis; with parallelism on, that axis
+is split evenly over the devices of a one-axis mesh named "tasks", each device runs its
+tasks with vmap (or lax.map), and reductions over tasks become cross-device means.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+TASK_AXIS = "tasks"
+MODES = ("none", "shard_map", "pmap")
+
+
+class TaskParallelism:
+    """Which devices run the task axis, and how: 'none' (default device), 'shard_map' or 'pmap'."""
+
+    def __init__(self, mode: str = "none", num_devices: Optional[int] = None):
+        if mode not in MODES:
+            raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
+        available = jax.device_count()
+        count = available if not num_devices else int(num_devices)
+        if mode != "none" and not 1 <= count <= available:
+            raise ValueError(f"asked for {count} devices but {available} are visible")
+        if mode == "pmap" and jax.process_count() > 1:
+            raise ValueError("parallel mode 'pmap' runs on one host; use 'shard_map' across hosts")
+        self.mode = mode
+        self.num_devices = 1 if mode == "none" else count
+        self.mesh = Mesh(np.asarray(jax.devices()[:count]), (TASK_AXIS,)) if mode != "none" else None
+
+    def check_num_tasks(self, num_tasks: int) -> None:
+        """Raises ValueError unless the tasks split evenly over the devices."""
+        if num_tasks % self.num_devices:
+            raise ValueError(f"num_tasks ({num_tasks}) must be a multiple of the number of devices ({self.num_devices})")
+
+    def task_sharding(self) -> Optional[NamedSharding]:
+        """The sharding of arrays whose leading axis is the task axis (None without parallelism)."""
+        return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec(TASK_AXIS))
+
+    def replicated_sharding(self) -> Optional[NamedSharding]:
+        """The sharding of arrays every device holds whole (None without parallelism)."""
+        return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+
+    def over_tasks(self, per_device: Callable[..., Any]) -> Callable[..., Any]:
+        """Returns `per_device(shared, *task_args)` run across the devices.
+
+        `shared` is given whole to every device; task_args and the outputs have a leading task axis.
+        """
+        if self.mode == "none":
+            return per_device
+        if self.mode == "shard_map":
+
+            def sharded(shared, *args):
+                specs = (PartitionSpec(),) + (PartitionSpec(TASK_AXIS),) * len(args)
+                return jax.shard_map(
+                    per_device, mesh=self.mesh, in_specs=specs, out_specs=PartitionSpec(TASK_AXIS), check_vma=False
+                )(shared, *args)
+
+            return sharded
+        devices = self.num_devices
+
+        def pmapped(shared, *args):
+            split = jax.tree.map(lambda x: x.reshape((devices, x.shape[0] // devices) + x.shape[1:]), args)
+            in_axes = (None,) + (0,) * len(args)
+            out = jax.pmap(per_device, in_axes=in_axes, devices=self.mesh.devices.tolist())(shared, *split)
+            return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+        return pmapped
+
+    def __repr__(self) -> str:
+        return f"TaskParallelism({self.mode!r}, num_devices={self.num_devices})"

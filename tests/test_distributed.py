@@ -1,0 +1,147 @@
+"""Meta-training across devices (shard_map, pmap) and across processes agrees with one device."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+import lopt
+
+REPO = Path(__file__).resolve().parents[1]
+
+DEVICE_COMPARISON = textwrap.dedent(
+    """
+    import os, json
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, numpy as np, optax, lopt, meta_train, tasks
+    from meta_train.parallel import TaskParallelism
+
+    family = tasks.get("mlp_image", dataset="digits", hidden=(16,))
+    out = {"devices": jax.device_count()}
+    for mode, count in [("none", None), ("shard_map", 8), ("pmap", 8), ("shard_map", 2)]:
+        trainer = meta_train.Trainer(
+            family, lopt.MLPLOpt(hidden_sizes=(8,)), meta_train.PES(num_tasks=8, trunc_length=5, std=0.01),
+            meta_train.ConstantHorizon(20), optax.adam(1e-3), parallelism=TaskParallelism(mode, count))
+        state = trainer.init(jax.random.key(0))
+        unroll = trainer.unroll(trainer.family)
+        gradient, _, _ = jax.jit(lambda s, k: trainer.estimator.estimate(unroll, s.meta_params, s.estimator_state, k))(
+            state, jax.random.key(5))
+        for _ in range(3):
+            state, metrics = trainer.step(state)
+        out[f"{mode}{count}"] = {
+            "gradient": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(gradient)],
+            "meta_params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.meta_params)],
+            "meta_loss": float(metrics["meta_loss"]),
+            "sharded_over": len(state.estimator_state.accumulator["w0"].sharding.device_set),
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+def flat(lists):
+    return np.concatenate([np.asarray(x) for x in lists])
+
+
+def test_eight_devices_give_the_meta_gradient_of_one():
+    result = subprocess.run([sys.executable, "-c", DEVICE_COMPARISON], capture_output=True, text=True, timeout=600,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    single = out["noneNone"]
+    assert single["sharded_over"] == 1
+    for name in ("shard_map8", "pmap8", "shard_map2"):
+        other = out[name]
+        assert other["sharded_over"] == int(name[-1])
+        np.testing.assert_allclose(flat(other["gradient"]), flat(single["gradient"]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(flat(other["meta_params"]), flat(single["meta_params"]), rtol=1e-5, atol=1e-6)
+        assert abs(other["meta_loss"] - single["meta_loss"]) < 1e-5
+
+
+TINY = textwrap.dedent(
+    """
+    from meta_train.config import base_config
+
+    def get_config():
+        config = base_config()
+        config.task.family = "quadratic"
+        config.task.kwargs.dim = 8
+        config.optimizer.name = "mlp"
+        config.optimizer.kwargs.hidden_sizes = (8,)
+        config.optimizer.kwargs.step_mult = 0.01
+        config.meta_train.num_tasks = 4
+        config.meta_train.trunc_length = 5
+        config.meta_train.horizon_length = 20
+        config.meta_train.num_steps = 4
+        config.checkpoint.every = 2
+        config.log_every = 1
+        config.eval.enabled = False
+        return config
+    """
+)
+RUNNER = "import sys; from meta_train.cli import meta_train_main; sys.exit(meta_train_main())"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_processes(config: Path, workdir: Path, num_steps: int):
+    port = free_port()
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", RUNNER, "--config", str(config), "--workdir", str(workdir), "--no-progress",
+             "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+             "--config.distributed.num_processes=2", f"--config.distributed.process_id={index}",
+             "--config.meta_train.parallel=shard_map", f"--config.meta_train.num_steps={num_steps}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        )
+        for index in range(2)
+    ]
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+        outputs.append(out + err)
+    return outputs
+
+
+def digest(output: str) -> str:
+    return re.search(r"meta-params sha256 ([0-9a-f]{64})", output).group(1)
+
+
+def test_two_processes_meta_train_together_and_resume_from_one_writer(tmp_path):
+    config = tmp_path / "tiny.py"
+    config.write_text(TINY)
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, "-c", RUNNER, "--config", str(config), "--workdir", str(single), "--no-progress",
+                    "--config.meta_train.num_steps=6"], check=True, capture_output=True, cwd=REPO, timeout=600)
+
+    workdir = tmp_path / "two_processes"
+    first = launch_two_processes(config, workdir, num_steps=4)
+    assert digest(first[0]) == digest(first[1])
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+
+    second = launch_two_processes(config, workdir, num_steps=6)
+    for index, output in enumerate(second):
+        assert f"process {index}: resumed from checkpoint at meta-step 4" in output
+    assert digest(second[0]) == digest(second[1])
+    together = lopt.export.read(workdir / "optimizer.lopt").meta_params
+    alone = lopt.export.read(single / "optimizer.lopt").meta_params
+    import jax
+
+    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
