@@ -1,12 +1,18 @@
 """meta_train: truncated unrolls, gradient estimators and the outer loop that meta-trains learned optimizers."""
 
 from meta_train.estimator import Estimator
+from meta_train.evosax_adapter import EvosaxEstimator
+from meta_train.full_horizon_es import FullHorizonES
+from meta_train.parallel import TaskParallelism
+from meta_train.truncated_backprop import TruncatedBackprop
+from meta_train.truncated_es import TruncatedES
 from meta_train.horizons import ConstantHorizon, Horizon, LogUniformHorizon
 from meta_train.pes import PES, PESState
 from meta_train.trainer import Trainer, TrainerState
 from meta_train.unroll import TaskState, TruncatedUnroll
 
 __all__ = [
-    "ConstantHorizon", "Estimator", "Horizon", "LogUniformHorizon", "PES", "PESState",
+    "ConstantHorizon", "Estimator", "EvosaxEstimator", "FullHorizonES", "TaskParallelism", "TruncatedBackprop",
+    "TruncatedES", "Horizon", "LogUniformHorizon", "PES", "PESState",
     "TaskState", "Trainer", "TrainerState", "TruncatedUnroll",
 ]

@@ -24,10 +24,15 @@ import tasks
 from meta_train.estimator import Estimator
 from meta_train.horizons import ConstantHorizon, Horizon, LogUniformHorizon
 from meta_train.parallel import TaskParallelism
+from meta_train.evosax_adapter import STRATEGIES as EVOSAX_STRATEGIES
+from meta_train.evosax_adapter import EvosaxEstimator
+from meta_train.full_horizon_es import FullHorizonES
 from meta_train.pes import PES
+from meta_train.truncated_backprop import TruncatedBackprop
+from meta_train.truncated_es import TruncatedES
 from meta_train.trainer import Trainer
 
-ESTIMATORS = ("pes",)
+ESTIMATORS = ("pes", "truncated_es", "full_horizon_es", "tbptt", "evosax")
 HORIZON_KINDS = ("constant", "log_uniform")
 TASK_MAPS = ("vmap", "map")
 PARALLEL_MODES = ("none", "shard_map", "pmap")
@@ -63,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
             "phases": (),
             "parallel": "none",
             "num_devices": 0,
+            "accumulate": 1,
+            "loss_type": "mean",
+            "evosax_strategy": "PersistentES",
         }
     )
     config.distributed = ml_collections.ConfigDict(
@@ -199,9 +207,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _require(int(mt[key]) >= 1, f"meta_train.{key} must be >= 1, got {mt[key]}")
     for key in ("std", "meta_learning_rate", "grad_clip", "max_meta_loss"):
         _require(float(mt[key]) > 0 and math.isfinite(float(mt[key])), f"meta_train.{key} must be positive, got {mt[key]}")
+    _require(mt.accumulate >= 1, f"meta_train.accumulate must be >= 1, got {mt.accumulate}")
+    if mt.estimator == "full_horizon_es":
+        _require(mt.horizon == "constant", "meta_train.estimator='full_horizon_es' needs meta_train.horizon='constant'")
+        _require(mt.loss_type in ("mean", "last"), f"meta_train.loss_type must be 'mean' or 'last', got {mt.loss_type!r}")
+    if mt.estimator == "evosax":
+        _require(mt.evosax_strategy in EVOSAX_STRATEGIES,
+                 f"meta_train.evosax_strategy must be one of {tuple(EVOSAX_STRATEGIES)}, got {mt.evosax_strategy!r}")
     minimum = mt.horizon_length if mt.horizon == "constant" else mt.horizon_min
     _require(
-        minimum >= mt.trunc_length,
+        mt.estimator == "full_horizon_es" or minimum >= mt.trunc_length,
         f"the shortest inner run ({minimum} steps) must be >= meta_train.trunc_length ({mt.trunc_length})",
     )
     if mt.horizon == "log_uniform":
@@ -281,7 +296,19 @@ def build_horizon(config: ml_collections.ConfigDict) -> Horizon:
 def build_estimator(config: ml_collections.ConfigDict) -> Estimator:
     """Returns the meta-gradient estimator of `config.meta_train`."""
     mt = config.meta_train
-    return PES(num_tasks=mt.num_tasks, trunc_length=mt.trunc_length, std=mt.std, task_map=mt.task_map)
+    common = {"num_tasks": mt.num_tasks, "task_map": mt.task_map}
+    try:
+        if mt.estimator == "pes":
+            return PES(trunc_length=mt.trunc_length, std=mt.std, **common)
+        if mt.estimator == "truncated_es":
+            return TruncatedES(trunc_length=mt.trunc_length, std=mt.std, **common)
+        if mt.estimator == "tbptt":
+            return TruncatedBackprop(trunc_length=mt.trunc_length, **common)
+        if mt.estimator == "full_horizon_es":
+            return FullHorizonES(horizon_length=mt.horizon_length, std=mt.std, loss_type=mt.loss_type, **common)
+        return EvosaxEstimator(mt.evosax_strategy, trunc_length=mt.trunc_length, std=mt.std, **common)
+    except ValueError as err:
+        raise ConfigError(f"config.meta_train: {err}") from None
 
 
 def build_parallelism(config: ml_collections.ConfigDict) -> TaskParallelism:
@@ -344,6 +371,7 @@ def build(config: ml_collections.ConfigDict) -> Run:
         meta_loss=config.meta_train.meta_loss,
         max_meta_loss=config.meta_train.max_meta_loss,
         parallelism=build_parallelism(config),
+        accumulate=config.meta_train.accumulate,
     )
     for name, _ in parse_phases(config.meta_train.phases, config.meta_train.num_steps):
         try:

@@ -23,6 +23,14 @@ class Estimator:
     trunc_length: int
     num_particles: int = 1
 
+    def sharding_prefix(self, by_task: Any, replicated: Any) -> Any:
+        """Returns a pytree prefix of this estimator's state naming each part's sharding across devices.
+
+        The default splits every leaf along its leading task axis.
+        """
+        del replicated
+        return by_task
+
     def init(self, unroll: TruncatedUnroll, meta_params: Any, key: Array) -> Any:
         """Returns the estimator state for `meta_params`."""
         raise NotImplementedError

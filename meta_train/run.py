@@ -103,7 +103,7 @@ def meta_train(
     state = trainer.init(jax.random.key(config.seed))
     start = 0
     if checkpointer.latest_step() is not None:
-        state = place_state(checkpointer.restore(state), trainer.parallelism)
+        state = place_state(checkpointer.restore(state), trainer.parallelism, trainer.estimator)
         start = int(state.step)
         if primary or jax.process_count() > 1:
             who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""

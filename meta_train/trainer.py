@@ -46,23 +46,21 @@ def place_replicated(tree: Any, sharding: Optional[NamedSharding]) -> Any:
     return jax.tree.map(place, tree)
 
 
-def place_state(state: "TrainerState", parallelism: TaskParallelism) -> "TrainerState":
+def place_state(state: "TrainerState", parallelism: TaskParallelism, estimator: Estimator) -> "TrainerState":
     """Returns a (restored, host-side) state laid out on the devices the way the trainer's jitted step expects."""
     replicated, by_task = parallelism.replicated_sharding(), parallelism.task_sharding()
     if replicated is None:
         return jax.device_put(state)
 
-    def place(leaf, sharding):
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    def place(sharding, subtree):
+        def one(leaf):
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    return TrainerState(
-        jax.tree.map(lambda x: place(x, replicated), state.meta_params),
-        jax.tree.map(lambda x: place(x, replicated), state.meta_opt_state),
-        jax.tree.map(lambda x: place(x, by_task), state.estimator_state),
-        place(state.key, replicated),
-        place(state.step, replicated),
-    )
+        return jax.tree.map(one, subtree)
+
+    prefix = TrainerState(replicated, replicated, estimator.sharding_prefix(by_task, replicated), replicated, replicated)
+    return jax.tree.map(place, prefix, state, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 class Trainer:
@@ -82,7 +80,11 @@ class Trainer:
         meta_loss: str = "train",
         max_meta_loss: float = 10.0,
         parallelism: Optional[TaskParallelism] = None,
+        accumulate: int = 1,
     ):
+        if int(accumulate) < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        self.accumulate = int(accumulate)
         check_truncation(horizon, estimator.trunc_length)
         self.parallelism = parallelism or TaskParallelism()
         self.parallelism.check_num_tasks(estimator.num_tasks)
@@ -100,7 +102,8 @@ class Trainer:
             self._init = jax.jit(self._init_impl)
             self._step = jax.jit(self._step_impl)
         else:
-            state_sharding = TrainerState(replicated, replicated, by_task, replicated, replicated)
+            estimator_sharding = estimator.sharding_prefix(by_task, replicated)
+            state_sharding = TrainerState(replicated, replicated, estimator_sharding, replicated, replicated)
             self._init = jax.jit(self._init_impl, out_shardings=state_sharding)
             self._step = jax.jit(self._step_impl, out_shardings=(state_sharding, replicated))
 
@@ -136,9 +139,24 @@ class Trainer:
         self, state: TrainerState, family: TaskFamily, mask: Any
     ) -> Tuple[TrainerState, Dict[str, Array]]:
         key, estimate_key = jax.random.split(jax.random.wrap_key_data(state.key))
-        gradient, estimator_state, metrics = self.estimator.estimate(
-            self.unroll(family), state.meta_params, state.estimator_state, estimate_key, mask
-        )
+        unroll = self.unroll(family)
+        if self.accumulate == 1:
+            gradient, estimator_state, metrics = self.estimator.estimate(
+                unroll, state.meta_params, state.estimator_state, estimate_key, mask
+            )
+        else:
+
+            def one_call(estimator_state, call_key):
+                gradient, estimator_state, metrics = self.estimator.estimate(
+                    unroll, state.meta_params, estimator_state, call_key, mask
+                )
+                return estimator_state, (gradient, metrics)
+
+            estimator_state, (gradients, all_metrics) = jax.lax.scan(
+                one_call, state.estimator_state, jax.random.split(estimate_key, self.accumulate)
+            )
+            gradient = jax.tree.map(lambda g: jnp.mean(g, axis=0), gradients)
+            metrics = {k: (jnp.sum(v) if k.startswith("num_") else jnp.mean(v)) for k, v in all_metrics.items()}
         gradient = jax.tree.map(lambda g, m: g * m.astype(g.dtype), gradient, mask)
         gradient_norm = global_norm(gradient)
         finite = jnp.isfinite(gradient_norm)
@@ -175,4 +193,4 @@ class Trainer:
     @property
     def inner_steps_per_meta_step(self) -> int:
         """Inner training steps (over all tasks and particles) done by one meta-step."""
-        return self.estimator.num_tasks * self.estimator.num_particles * self.estimator.trunc_length
+        return self.estimator.num_tasks * self.estimator.num_particles * self.estimator.trunc_length * self.accumulate
