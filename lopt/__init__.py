@@ -1,13 +1,21 @@
 """lopt: learned optimizers as optax transformations, and the file format for trained ones."""
 
 from lopt import features
+from lopt.adafac_mlp import AdafacMLPLOpt, AdafacMLPState
+from lopt.attention_lopt import AttentionLOpt, AttentionState
 from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, get, register, registered_names
-from lopt.hand_designed import SGD, Adam, AdamW, HandDesigned, RMSProp, SGDMomentum
-from lopt.mlp_lopt import MLPLOpt, MLPLOptState
+from lopt.celo import Celo, CeloState
 from lopt.export import ExportError, LoadedOptimizer, load, save
+from lopt.hand_designed import SGD, Adam, AdamW, HandDesigned, RMSProp, SGDMomentum
+from lopt.hyper_lstm import HyperLSTM, HyperLSTMState
+from lopt.l2l_lstm import L2LLSTM, L2LState
+from lopt.learned_adam import AdamMultiplier, LearnedAdam, LearnedAdamState
+from lopt.mlp_lopt import MLPLOpt, MLPLOptState
 
 __all__ = [
-    "Adam", "AdamW", "ExportError", "HandDesigned", "LoadedOptimizer", "load", "save", "LearnedOptimizer", "LearnedOptimizerError", "MLPLOpt",
-    "MLPLOptState", "MetaParams", "RMSProp", "SGD", "SGDMomentum", "features", "get",
-    "register", "registered_names",
+    "Adam", "AdamMultiplier", "AdamW", "AdafacMLPLOpt", "AdafacMLPState", "AttentionLOpt", "AttentionState",
+    "Celo", "CeloState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState", "L2LLSTM", "L2LState",
+    "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer", "MLPLOpt",
+    "MLPLOptState", "MetaParams", "RMSProp", "SGD", "SGDMomentum", "features", "get", "load", "register",
+    "registered_names", "save",
 ]

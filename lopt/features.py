@@ -21,9 +21,15 @@ def update_emas(emas: Array, value: Array, decays: Array) -> Array:
 
 def second_moment_normalize(features: Array, eps: float = 1e-5) -> Array:
     """Scales each channel (last axis) of `features` by the rsqrt of its mean square over all other axes."""
+    features = clip_magnitude(features)
     reduce_axes = tuple(range(features.ndim - 1))
     mean_square = jnp.mean(jnp.square(features), axis=reduce_axes, keepdims=True)
     return features * jax.lax.rsqrt(eps + mean_square)
+
+
+def clip_magnitude(x: Array) -> Array:
+    """Returns x clipped to [-1e18, 1e18], the range whose squares (and means of them) stay finite in float32."""
+    return jnp.clip(x, -1e18, 1e18)
 
 
 def time_features(step: Array, scales: Sequence[float] = TIME_SCALES) -> Array:
@@ -52,7 +58,11 @@ def unflatten_like(flat: Array, tree: Any) -> Any:
 
 
 def normalize_segments(rows: Array, sizes: Sequence[int], eps: float = 1e-5) -> Array:
-    """Applies second_moment_normalize to each consecutive segment of `rows` ([sum(sizes), channels]) separately."""
+    """Applies second_moment_normalize to each consecutive segment of `rows` ([sum(sizes), channels]) separately.
+
+    Inputs are first clipped to +-1e18 so that their squares cannot overflow float32.
+    """
+    rows = clip_magnitude(rows)
     offsets = np.cumsum([0] + list(sizes))
     scales = []
     for start, stop in zip(offsets[:-1], offsets[1:]):

@@ -92,6 +92,41 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def quadratic_experiment(optimizer: str, **optimizer_kwargs: Any) -> ml_collections.ConfigDict:
+    """Returns a config meta-training `optimizer` with PES on rotated 10-d quadratics (condition 1..1e4), horizon 100."""
+    config = base_config()
+    config.task.family = "quadratic"
+    config.task.kwargs = ml_collections.ConfigDict({"dim": 10, "min_condition": 1.0, "max_condition": 1e4})
+    _set_optimizer(config, optimizer, optimizer_kwargs)
+    config.meta_train.horizon_length = 100
+    config.meta_train.meta_learning_rate = 3e-3
+    config.meta_train.num_steps = 2000
+    config.checkpoint.every = 250
+    config.eval.num_tasks, config.eval.num_steps = 16, 100
+    return config
+
+
+def digits_mlp_experiment(optimizer: str, **optimizer_kwargs: Any) -> ml_collections.ConfigDict:
+    """Returns a config meta-training `optimizer` with PES on 64-32-32-10 MLPs on scikit-learn's digits, horizon 200."""
+    config = base_config()
+    config.task.family = "mlp_image"
+    config.task.kwargs = ml_collections.ConfigDict(
+        {"dataset": "digits", "hidden": (32, 32), "image_size": 8, "batch_size": 128}
+    )
+    _set_optimizer(config, optimizer, optimizer_kwargs)
+    config.meta_train.horizon_length = 200
+    config.meta_train.meta_learning_rate = 3e-3
+    config.meta_train.num_steps = 1500
+    config.checkpoint.every = 250
+    config.eval.num_tasks, config.eval.num_steps = 16, 200
+    return config
+
+
+def _set_optimizer(config: ml_collections.ConfigDict, name: str, kwargs: dict) -> None:
+    config.optimizer.name = name
+    config.optimizer.kwargs = ml_collections.ConfigDict(kwargs)
+
+
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """Returns `get_config()` of the Python config file at `path`."""
     path = Path(path)

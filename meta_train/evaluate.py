@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, NamedTuple, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +18,17 @@ HELD_OUT_OFFSET = 1_000_003
 
 
 class Curves(NamedTuple):
-    """Training losses [tasks, steps] and final losses [tasks], raw and normalised."""
+    """Training losses [tasks, steps] and final losses [tasks], raw and normalised; validation losses if asked for.
+
+    `valid_losses` [tasks, evaluations] are taken at `validation_steps(num_steps, valid_every)`
+    (empty when `valid_every` is 0); `final_valid_losses` [tasks] average `final_batches` validation batches.
+    """
 
     train_losses: np.ndarray
     final_losses: np.ndarray
     final_normalized: np.ndarray
+    valid_losses: Optional[np.ndarray] = None
+    final_valid_losses: Optional[np.ndarray] = None
 
 
 def held_out_task_keys(seed: int, num_tasks: int) -> Array:
@@ -31,8 +37,35 @@ def held_out_task_keys(seed: int, num_tasks: int) -> Array:
     return jax.random.split(base, num_tasks)
 
 
-def _train_one(family: TaskFamily, learned_optimizer: Any, meta_params: Any, key: Array, num_steps: int, final_batches: int):
-    cfg_key, init_key, run_key, final_key = jax.random.split(key, 4)
+def validation_steps(num_steps: int, valid_every: int) -> np.ndarray:
+    """Returns the inner steps after which validation losses are taken: 0, k, 2k, ... and the last step."""
+    if valid_every <= 0:
+        return np.zeros((0,), np.int64)
+    steps = list(range(0, num_steps + 1, valid_every))
+    if steps[-1] != num_steps:
+        steps.append(num_steps)
+    return np.asarray(steps, np.int64)
+
+
+def run_keys_for_seed(task_keys: Array, seed: int) -> Array:
+    """Returns the keys for init, batches and final losses of each task under `seed` (seed 0: the task keys)."""
+    if seed == 0:
+        return task_keys
+    return jax.vmap(lambda key: jax.random.fold_in(key, seed))(task_keys)
+
+
+def _mean_loss(task: Any, params: Any, key: Array, split: str, count: int) -> Array:
+    def one(batch_key):
+        loss_key, sample_key = jax.random.split(batch_key)
+        return task.loss(params, loss_key, task.sample_batch(sample_key, split))
+
+    return jnp.mean(jax.vmap(one)(jax.random.split(key, count)))
+
+
+def _train_one(family: TaskFamily, learned_optimizer: Any, meta_params: Any, task_key: Array, run_key: Array,
+               num_steps: int, final_batches: int, valid_every: int, valid_batches: int):
+    cfg_key = jax.random.split(task_key, 4)[0]
+    _, init_key, steps_key, final_key = jax.random.split(run_key, 4)
     task = family.task(family.sample(cfg_key))
     params = task.init(init_key)
     transformation = learned_optimizer.optimizer(meta_params, num_steps=num_steps)
@@ -45,22 +78,48 @@ def _train_one(family: TaskFamily, learned_optimizer: Any, meta_params: Any, key
         updates, opt_state = transformation.update(grads, opt_state, params, loss=loss)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    (params, _), losses = jax.lax.scan(step, (params, opt_state), jax.random.split(run_key, num_steps))
+    step_keys = jax.random.split(steps_key, num_steps)
+    carry = (params, opt_state)
+    valid_keys = jax.random.split(jax.random.fold_in(run_key, 1), validation_steps(num_steps, valid_every).size)
+    valid = []
+    if valid_every > 0:
+        chunks = num_steps // valid_every
+        valid.append(_mean_loss(task, params, valid_keys[0], "valid", valid_batches)[None])
+        losses = []
+        if chunks:
+            def chunk(carry, xs):
+                keys, valid_key = xs
+                carry, chunk_losses = jax.lax.scan(step, carry, keys)
+                return carry, (chunk_losses, _mean_loss(task, carry[0], valid_key, "valid", valid_batches))
 
-    def final_loss(batch_key):
-        loss_key, sample_key = jax.random.split(batch_key)
-        return task.loss(params, loss_key, task.sample_batch(sample_key, "train"))
+            chunk_keys = step_keys[: chunks * valid_every].reshape(chunks, valid_every)
+            carry, (chunk_losses, chunk_valid) = jax.lax.scan(chunk, carry, (chunk_keys, valid_keys[1: chunks + 1]))
+            losses.append(chunk_losses.reshape(-1))
+            valid.append(chunk_valid)
+        if chunks * valid_every < num_steps:
+            carry, tail = jax.lax.scan(step, carry, step_keys[chunks * valid_every:])
+            losses.append(tail)
+            valid.append(_mean_loss(task, carry[0], valid_keys[-1], "valid", valid_batches)[None])
+        losses = jnp.concatenate(losses)
+    else:
+        carry, losses = jax.lax.scan(step, carry, step_keys)
+    params = carry[0]
+    final = _mean_loss(task, params, final_key, "train", final_batches)
+    final_valid = _mean_loss(task, params, jax.random.fold_in(run_key, 2), "valid", final_batches)
+    valid_losses = jnp.concatenate(valid) if valid else jnp.zeros((0,), jnp.float32)
+    return losses, final, task.normalizer(final), valid_losses, final_valid
 
-    final = jnp.mean(jax.vmap(final_loss)(jax.random.split(final_key, final_batches)))
-    return losses, final, task.normalizer(final)
 
-
-@functools.partial(jax.jit, static_argnames=("learned_optimizer", "num_steps", "final_batches"))
-def _run_grid(family, learned_optimizer, grid_meta_params, task_keys, num_steps, final_batches):
+@functools.partial(
+    jax.jit, static_argnames=("learned_optimizer", "num_steps", "final_batches", "valid_every", "valid_batches")
+)
+def _run_grid(family, learned_optimizer, grid_meta_params, task_keys, run_keys, num_steps, final_batches,
+              valid_every, valid_batches):
     def run_tasks(meta_params):
-        return jax.vmap(lambda k: _train_one(family, learned_optimizer, meta_params, k, num_steps, final_batches))(
-            task_keys
-        )
+        return jax.vmap(
+            lambda k, r: _train_one(family, learned_optimizer, meta_params, k, r, num_steps, final_batches,
+                                    valid_every, valid_batches)
+        )(task_keys, run_keys)
 
     return jax.vmap(run_tasks)(grid_meta_params)
 
@@ -72,10 +131,20 @@ def grid_curves(
     task_keys: Array,
     num_steps: int,
     final_batches: int = 8,
+    *,
+    seed: int = 0,
+    valid_every: int = 0,
+    valid_batches: int = 4,
 ) -> Curves:
-    """Trains one task per key for every meta-params on the leading axis of `grid_meta_params`: arrays [grid, tasks, ...]."""
-    losses, final, normalized = _run_grid(family, learned_optimizer, grid_meta_params, task_keys, num_steps, final_batches)
-    return Curves(np.asarray(losses), np.asarray(final), np.asarray(normalized))
+    """Trains one task per key for every meta-params on the leading axis of `grid_meta_params`: arrays [grid, tasks, ...].
+
+    `seed` changes the initialisation and batches but not the task; `valid_every` > 0 also
+    records the mean loss over `valid_batches` validation batches every `valid_every` steps.
+    """
+    run_keys = run_keys_for_seed(task_keys, seed)
+    outputs = _run_grid(family, learned_optimizer, grid_meta_params, task_keys, run_keys, num_steps, final_batches,
+                        valid_every, valid_batches)
+    return Curves(*(np.asarray(x) for x in outputs))
 
 
 def train_curves(
@@ -85,11 +154,29 @@ def train_curves(
     task_keys: Array,
     num_steps: int,
     final_batches: int = 8,
+    **options: Any,
 ) -> Curves:
-    """Trains one task per key with the optimizer at `meta_params` and returns its curves and final losses."""
+    """Trains one task per key with the optimizer at `meta_params` and returns its curves and final losses.
+
+    `options` are grid_curves' keyword options (seed, valid_every, valid_batches).
+    """
     grid = jax.tree.map(lambda x: jnp.asarray(x)[None], meta_params)
-    curves = grid_curves(family, learned_optimizer, grid, task_keys, num_steps, final_batches)
+    curves = grid_curves(family, learned_optimizer, grid, task_keys, num_steps, final_batches, **options)
     return Curves(*(x[0] for x in curves))
+
+
+def learning_rate_grid(baseline: Any, learning_rates: Sequence[float]) -> Any:
+    """Returns the baseline's meta-params for every learning rate, stacked on a leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[baseline.with_learning_rate(None, lr) for lr in learning_rates])
+
+
+def best_rate_per_task(final_losses: np.ndarray) -> np.ndarray:
+    """Returns, per task, the grid index with the lowest final loss: [rates, tasks] or [seeds, rates, tasks] (mean over seeds)."""
+    finals = np.asarray(final_losses, np.float64)
+    finals = np.where(np.isfinite(finals), finals, np.inf)
+    if finals.ndim == 3:
+        finals = np.mean(finals, axis=0)
+    return np.argmin(finals, axis=0)
 
 
 def tuned_baseline_curves(
@@ -99,15 +186,16 @@ def tuned_baseline_curves(
     task_keys: Array,
     num_steps: int,
     final_batches: int = 8,
+    **options: Any,
 ) -> Dict[str, Any]:
-    """Trains every task at every learning rate and keeps, per task, the rate with the lowest final loss."""
-    grid = jax.tree.map(
-        lambda *xs: jnp.stack(xs), *[baseline.with_learning_rate(None, lr) for lr in learning_rates]
-    )
-    per_rate = grid_curves(family, baseline, grid, task_keys, num_steps, final_batches)
-    finals = np.where(np.isfinite(per_rate.final_losses), per_rate.final_losses, np.inf)  # [rates, tasks]
-    best = np.argmin(finals, axis=0)
-    tasks_index = np.arange(finals.shape[1])
+    """Trains every task at every learning rate and keeps, per task, the rate with the lowest final loss.
+
+    `options` are grid_curves' keyword options (seed, valid_every, valid_batches).
+    """
+    per_rate = grid_curves(family, baseline, learning_rate_grid(baseline, learning_rates), task_keys, num_steps,
+                           final_batches, **options)
+    best = best_rate_per_task(per_rate.final_losses)
+    tasks_index = np.arange(best.shape[0])
     curves = Curves(*(x[best, tasks_index] for x in per_rate))
     chosen = [float(learning_rates[i]) for i in best]
     edge = int(np.sum((best == 0) | (best == len(learning_rates) - 1)))
@@ -121,6 +209,24 @@ def first_step_reaching(curve: np.ndarray, target: float, window: int = 10) -> i
     smoothed = np.convolve(curve, np.ones(window) / window, mode="valid")
     hits = np.nonzero(smoothed <= target)[0]
     return int(hits[0] + window) if hits.size else -1
+
+
+def speedups(train_losses: np.ndarray, reference_losses: np.ndarray, window: int = 10) -> np.ndarray:
+    """Returns per-run speedups [...]: steps / first step where the running mean of `train_losses` reaches the reference's final loss.
+
+    Both arrays are [..., steps] with matching leading axes (e.g. [seeds, tasks]); the
+    reference's final loss is the mean of its last `window` losses; 0.0 where never reached.
+    """
+    train_losses, reference_losses = np.asarray(train_losses), np.asarray(reference_losses)
+    num_steps = train_losses.shape[-1]
+    flat, flat_reference = train_losses.reshape(-1, num_steps), reference_losses.reshape(-1, reference_losses.shape[-1])
+    out = np.zeros(flat.shape[0])
+    for i, (curve, reference) in enumerate(zip(flat, flat_reference)):
+        span = min(window, reference.shape[0])
+        target = float(np.convolve(reference, np.ones(span) / span, mode="valid")[-1])
+        reached = first_step_reaching(np.where(np.isfinite(curve), curve, np.inf), target, window) if np.isfinite(target) else -1
+        out[i] = num_steps / reached if reached > 0 else 0.0
+    return out.reshape(train_losses.shape[:-1])
 
 
 def geometric_mean(values: np.ndarray) -> float:

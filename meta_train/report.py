@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import ml_collections
@@ -43,29 +43,66 @@ def format_table(rows, num_tasks: int) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(named_curves: Dict[str, evaluate.Curves], path: Path, title: str) -> None:
-    """Saves mean training loss against step (with min-max band over tasks), log scale, as a PNG."""
+def format_markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Returns a GitHub-flavoured markdown table of `rows` (cells converted with str)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _runs(losses: np.ndarray) -> np.ndarray:
+    losses = np.asarray(losses, np.float64)
+    return np.where(np.isfinite(losses), losses, np.nan).reshape(-1, losses.shape[-1])
+
+
+def _draw(axis: Any, named_losses: Dict[str, np.ndarray], steps: Optional[np.ndarray], ylabel: str, title: str) -> None:
+    for name, losses in named_losses.items():
+        runs = _runs(losses)
+        x = np.arange(1, runs.shape[1] + 1) if steps is None else np.maximum(np.asarray(steps), 1)
+        with np.errstate(all="ignore"):
+            axis.plot(x, np.nanmean(runs, axis=0), label=name)
+            axis.fill_between(x, np.nanmin(runs, axis=0), np.nanmax(runs, axis=0), alpha=0.15)
+    axis.set_yscale("log")
+    axis.set_xlabel("inner step")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7)
+
+
+def plot_grid(panels: Dict[str, Dict[str, evaluate.Curves]], path: Path,
+              valid_steps: Optional[Dict[str, np.ndarray]] = None) -> None:
+    """Saves a PNG with one column per panel: training loss (and validation loss, if recorded) against step.
+
+    Lines are means over every leading axis of the curves (e.g. seeds and tasks), bands min to max; log scale.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for name, curves in named_curves.items():
-        losses = np.where(np.isfinite(curves.train_losses), curves.train_losses, np.nan)
-        steps = np.arange(1, losses.shape[1] + 1)
-        axis.plot(steps, np.nanmean(losses, axis=0), label=name)
-        axis.fill_between(steps, np.nanmin(losses, axis=0), np.nanmax(losses, axis=0), alpha=0.15)
-    axis.set_yscale("log")
-    axis.set_xlabel("inner step")
-    axis.set_ylabel("training loss (batch)")
-    axis.set_title(title)
-    axis.legend()
+    valid_steps = valid_steps or {}
+    with_valid = any(np.size(valid_steps.get(title, [])) for title in panels)
+    rows = 2 if with_valid else 1
+    figure, axes = plt.subplots(rows, len(panels), figsize=(6.5 * len(panels), 4.2 * rows), squeeze=False)
+    for column, (title, named_curves) in enumerate(panels.items()):
+        _draw(axes[0, column], {n: c.train_losses for n, c in named_curves.items()}, None, "training loss (batch)", title)
+        steps = valid_steps.get(title)
+        if with_valid and steps is not None and np.size(steps):
+            valid = {n: c.valid_losses for n, c in named_curves.items() if c.valid_losses is not None}
+            _draw(axes[1, column], valid, steps, "validation loss", title)
+        elif with_valid:
+            axes[1, column].set_visible(False)
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary, dpi=110)
     plt.close(figure)
     os.replace(temporary, path)
+
+
+def plot_curves(named_curves: Dict[str, evaluate.Curves], path: Path, title: str,
+                valid_steps: Optional[np.ndarray] = None) -> None:
+    """Saves mean training loss against step (with min-max band over tasks), log scale, as a PNG; validation below if given."""
+    plot_grid({title: named_curves}, path, None if valid_steps is None else {title: valid_steps})
 
 
 def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, workdir: Path) -> Dict[str, Any]:

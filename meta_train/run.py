@@ -28,6 +28,7 @@ from meta_train.trainer import place_state
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 EXPORT_FILE = "optimizer.lopt"
+TIME_FILE = "train_seconds.json"
 
 
 class WorkdirError(OSError):
@@ -81,10 +82,35 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def _seconds_before(path: Path, start: int) -> float:
+    """Returns the wall-clock seconds earlier invocations spent reaching the checkpoint a run resumes from."""
+    try:
+        record = json.loads(path.read_text())
+        return float(record["seconds"]) if int(record["step"]) <= start else 0.0
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _all_agree(flag: bool) -> bool:
+    """Returns process 0's `flag` on every process (so all stop at the same meta-step)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def meta_train(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show_progress: bool = True
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show_progress: bool = True,
+    max_seconds: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """Runs (or resumes) the meta-training described by `config` in `workdir`; returns a summary."""
+    """Runs (or resumes) the meta-training described by `config` in `workdir`; returns a summary.
+
+    With `max_seconds`, training stops early (checkpointed and exported as usual) once the run's
+    wall-clock time, summed over resumed invocations, reaches it; `summary["meta_steps"]` is
+    then the number of meta-steps done.
+    """
+    invoked = time.perf_counter()
     config_lib.initialize_distributed(config)
     run = config_lib.build(config)
     workdir = prepare_workdir(workdir)
@@ -111,6 +137,16 @@ def meta_train(
     metrics_path = workdir / METRICS_FILE if primary else Path(os.devnull)
     if primary:
         _trim_metrics(metrics_path, start)
+    time_path = workdir / TIME_FILE
+    seconds_before = _seconds_before(time_path, start)
+
+    def train_seconds() -> float:
+        return seconds_before + time.perf_counter() - invoked
+
+    def save(done: int) -> None:
+        checkpointer.save(done, state)
+        if primary:
+            write_text_atomic(time_path, json.dumps({"step": done, "seconds": train_seconds()}))
 
     total = int(config.meta_train.num_steps)
     schedule = config_lib.parse_phases(config.meta_train.phases, total)
@@ -120,9 +156,12 @@ def meta_train(
     last = {}
     window_start, window_steps = time.perf_counter(), 0
     compile_seconds = None
+    done = saved_at = start
     try:
         with metrics_path.open("a") as log:
             for step in range(start, total):
+                if max_seconds is not None and _all_agree(train_seconds() >= max_seconds):
+                    break
                 began = time.perf_counter()
                 phase = config_lib.phase_at(schedule, step)
                 state, metrics = trainer.step(state, trainer.phase_mask(state.meta_params, phase))
@@ -142,8 +181,11 @@ def meta_train(
                     progress.set_postfix(meta_loss=f"{last['meta_loss']:.4f}", inner_steps_s=f"{rate:,.0f}")
                     window_start, window_steps = time.perf_counter(), 0
                 if done % config.checkpoint.every == 0 or done == total:
-                    checkpointer.save(done, state)
+                    save(done)
+                    saved_at = done
                 progress.update(1)
+        if done != saved_at:
+            save(done)
     finally:
         progress.close()
         checkpointer.close()
@@ -151,8 +193,9 @@ def meta_train(
     meta_params = to_host(state.meta_params)
     export_path = workdir / EXPORT_FILE
     if primary:
-        export.save(export_path, run.learned_optimizer, meta_params, provenance(config, total))
-    summary = {"workdir": str(workdir), "meta_steps": total, "export": str(export_path),
+        export.save(export_path, run.learned_optimizer, meta_params, provenance(config, done))
+    summary = {"workdir": str(workdir), "meta_steps": done, "export": str(export_path),
+               "train_seconds": train_seconds(), "stopped_early": done < total,
                "compile_seconds": compile_seconds, "last_metrics": last,
                "meta_params_sha256": tree_digest(meta_params), "process_index": jax.process_index()}
     if config.eval.enabled and primary:

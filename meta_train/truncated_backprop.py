@@ -56,10 +56,10 @@ class TruncatedBackprop(Estimator):
         start = jax.lax.stop_gradient(state.tasks)
 
         def mean_meta_loss(theta):
-            def run(particle_theta, task_state, task_key):
-                return unroll.truncation(particle_theta, task_state, task_key, self.trunc_length)
+            def run(task_unroll, particle_theta, task_state, task_key):
+                return task_unroll.truncation(particle_theta, task_state, task_key, self.trunc_length)
 
-            tasks, result = map_over_tasks(run, self.task_map)(single_particle(theta, self.num_tasks), start, task_keys)
+            tasks, result = unroll.map_tasks(run, self.task_map)(single_particle(theta, self.num_tasks), start, task_keys)
             return jnp.mean(result.meta_losses), (tasks, result)
 
         (meta_loss, (tasks, result)), gradient = jax.value_and_grad(mean_meta_loss, has_aux=True)(meta_params)

@@ -6,10 +6,12 @@ from tasks.registry import accepts_argument, get, register, registered_names
 from tasks.logistic_regression import LogisticRegressionFamily
 from tasks.mlp_image import MLPImageFamily
 from tasks.quadratic import QuadraticFamily
+from tasks.l2l_quadratic import L2LQuadraticFamily
 
 __all__ = [
     "SPLITS",
     "ArrayDataset",
+    "L2LQuadraticFamily",
     "LogisticRegressionFamily",
     "MLPImageFamily",
     "QuadraticFamily",

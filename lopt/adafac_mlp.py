@@ -1,0 +1,128 @@
+"""AdafacMLPLOpt: a per-parameter MLP over 28 Adafactor-style features plus 11 time features (39 inputs).
+
+The accumulator decays are meta-parameters: decay = sigmoid(logit(default) + offset) with the
+offsets initialised to zero, so freshly initialised meta-params use the default decays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt import adafactor_features as adafac
+from lopt import features
+from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
+from lopt.mlp_lopt import apply_mlp_hidden, init_mlp
+from lopt.normalization import stable_second_moment_normalize
+
+Array = jax.Array
+
+
+class AdafacMLPState(NamedTuple):
+    """Adafactor accumulators and the step count."""
+
+    accumulators: adafac.Accumulators
+    iteration: Array
+
+
+def require_params(params: Any, name: str) -> None:
+    """Raises ValueError if a learned optimizer that reads parameters was called without them."""
+    if params is None:
+        raise ValueError(f"the {name} learned optimizer needs params: call update(grads, state, params)")
+
+
+def decays_from(meta_decays: MetaParams, defaults: Tuple[Tuple[float, ...], ...]) -> adafac.Decays:
+    """Returns the learned decays for offsets {'momentum', 'rms', 'adafactor'} around `defaults`."""
+    momentum, rms, factored = defaults
+    return adafac.Decays(
+        adafac.learned_decays(momentum, meta_decays["momentum"]),
+        adafac.learned_decays(rms, meta_decays["rms"]),
+        adafac.learned_decays(factored, meta_decays["adafactor"]),
+    )
+
+
+def magnitude_step(out: Array, step_mult: float, exp_mult: float) -> Array:
+    """Returns direction * exp(magnitude * exp_mult) * step_mult from an output [..., 2]."""
+    return out[..., 0] * jnp.exp(out[..., 1] * exp_mult) * step_mult
+
+
+@register("adafac_mlp")
+class AdafacMLPLOpt(LearnedOptimizer):
+    """Per-parameter MLP (ReLU, hidden_sizes) over Adafactor features and time; outputs direction and magnitude."""
+
+    def __init__(
+        self,
+        hidden_sizes: Tuple[int, ...] = (32, 32),
+        step_mult: float = 1e-3,
+        exp_mult: float = 1e-3,
+        momentum_decays: Tuple[float, ...] = adafac.MOMENTUM_DECAYS,
+        rms_decays: Tuple[float, ...] = adafac.RMS_DECAYS,
+        adafactor_decays: Tuple[float, ...] = adafac.ADAFACTOR_DECAYS,
+        time_scales: Tuple[float, ...] = features.TIME_SCALES,
+    ):
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.step_mult, self.exp_mult = float(step_mult), float(exp_mult)
+        self.momentum_decays = tuple(float(d) for d in momentum_decays)
+        self.rms_decays = tuple(float(d) for d in rms_decays)
+        self.adafactor_decays = tuple(float(d) for d in adafactor_decays)
+        self.time_scales = tuple(float(t) for t in time_scales)
+
+    @property
+    def num_param_features(self) -> int:
+        """Per-parameter channels (28 with the default decays)."""
+        return adafac.num_features(len(self.momentum_decays), len(self.rms_decays), len(self.adafactor_decays))
+
+    @property
+    def num_inputs(self) -> int:
+        """Per-parameter channels plus time features (39 by default)."""
+        return self.num_param_features + len(self.time_scales)
+
+    def init(self, key: Array) -> MetaParams:
+        """Returns the MLP weights and zero decay offsets (the default decays)."""
+        return {
+            "mlp": init_mlp(key, (self.num_inputs, *self.hidden_sizes, 2)),
+            "decays": {
+                "momentum": jnp.zeros((len(self.momentum_decays),), jnp.float32),
+                "rms": jnp.zeros((len(self.rms_decays),), jnp.float32),
+                "adafactor": jnp.zeros((len(self.adafactor_decays),), jnp.float32),
+            },
+        }
+
+    def optimizer(
+        self, meta_params: MetaParams, *, num_steps: NumSteps = None
+    ) -> optax.GradientTransformationExtraArgs:
+        """Returns the optax transformation that applies the MLP with weights `meta_params`."""
+        del num_steps
+        mlp = meta_params["mlp"]
+        num_layers = len(self.hidden_sizes) + 1
+        num_param_features = self.num_param_features
+        sizes = (len(self.momentum_decays), len(self.rms_decays), len(self.adafactor_decays))
+        defaults = (self.momentum_decays, self.rms_decays, self.adafactor_decays)
+        step_mult, exp_mult, time_scales = self.step_mult, self.exp_mult, self.time_scales
+
+        def init_fn(params):
+            return AdafacMLPState(adafac.init_accumulators(params, *sizes), jnp.zeros((), jnp.int32))
+
+        def update_fn(grads, state, params=None, **extra_args):
+            del extra_args
+            require_params(params, "adafac_mlp")
+            chex.assert_trees_all_equal_shapes(grads, params)
+            accumulators = adafac.update_accumulators(state.accumulators, grads, decays_from(meta_params["decays"], defaults))
+            time_input = features.time_features(state.iteration, time_scales)
+            time_bias = time_input @ mlp["w0"][num_param_features:] + mlp["b0"]
+
+            def tensor_update(g, p, m, v, f):
+                channels = stable_second_moment_normalize(adafac.tensor_features(g, p, m, v, f))
+                out = apply_mlp_hidden(mlp, channels @ mlp["w0"][:num_param_features] + time_bias, num_layers)
+                return (-magnitude_step(out, step_mult, exp_mult)).astype(p.dtype)
+
+            updates = jax.tree.map(
+                tensor_update, grads, params, accumulators.momenta, accumulators.rms, accumulators.factored
+            )
+            return updates, AdafacMLPState(accumulators, state.iteration + 1)
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,68 @@
+"""Overflow-safe squares, per-tensor normalisation and log-RMS statistics for learned-optimizer inputs.
+
+float32 squares overflow above |x| ~ 1.8e19, so features built from g**2 (second moments, the
+mean square inside a normaliser) turn into inf, then NaN. These helpers give the same values
+as the naive formulas wherever those are finite and stay finite for any finite input.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lopt.features import clip_magnitude
+
+Array = jax.Array
+
+MAX_ROOT = 1e18
+FLOAT32_MAX = float(jnp.finfo(jnp.float32).max)
+MIN_SCALE = 1e-18
+LOG_FLOOR = -100.0
+
+
+def safe_square(x: Array) -> Array:
+    """Returns clip_magnitude(x)**2."""
+    x = clip_magnitude(x)
+    return x * x
+
+
+def _channel_scale(x: Array, axes) -> Array:
+    scale = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    return jnp.where(scale > 0, scale, 1.0)
+
+
+def stable_second_moment_normalize(features: Array, eps: float = 1e-5) -> Array:
+    """Scales each channel (last axis) by rsqrt(eps + mean square over the other axes), without overflow.
+
+    Equal to `lopt.features.second_moment_normalize` where that is finite: each channel is first
+    divided by its largest magnitude m, and x * rsqrt(eps + mean(x^2)) is computed as
+    (x / m) * rsqrt(eps / m^2 + mean((x / m)^2)).
+    """
+    x = jnp.clip(features, -FLOAT32_MAX, FLOAT32_MAX)
+    axes = tuple(range(x.ndim - 1))
+    scale = _channel_scale(x, axes)
+    scaled = x / scale
+    mean_square = jnp.mean(jnp.square(scaled), axis=axes, keepdims=True)
+    floor = jnp.maximum(scale, MIN_SCALE)
+    return scaled * jax.lax.rsqrt(eps / jnp.square(floor) + mean_square)
+
+
+def log_rms(x: Array) -> Array:
+    """Returns log(sqrt(mean(x^2))) over all elements without overflow; LOG_FLOOR (-100) for an all-zero x."""
+    x = jnp.clip(x.astype(jnp.float32), -FLOAT32_MAX, FLOAT32_MAX)
+    peak = jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), jnp.float32)
+    nonzero = peak > 0
+    safe_peak = jnp.where(nonzero, peak, 1.0)
+    mean_square = jnp.mean(jnp.square(x / safe_peak)) if x.size else jnp.ones((), jnp.float32)
+    value = jnp.log(safe_peak) + 0.5 * jnp.log(jnp.where(nonzero, mean_square, 1.0))
+    return jnp.where(nonzero, jnp.maximum(value, LOG_FLOOR), LOG_FLOOR)
+
+
+def cosine_similarity(a: Array, b: Array) -> Array:
+    """Returns <a, b> / (|a| |b|) over all elements without overflow; 0 when either is all zeros."""
+    a = jnp.clip(a.astype(jnp.float32), -FLOAT32_MAX, FLOAT32_MAX).reshape(-1)
+    b = jnp.clip(b.astype(jnp.float32), -FLOAT32_MAX, FLOAT32_MAX).reshape(-1)
+    a = a / _channel_scale(a, (0,))
+    b = b / _channel_scale(b, (0,))
+    norms = jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b))
+    return jnp.where(norms > 0, jnp.sum(a * b) / jnp.where(norms > 0, norms, 1.0), 0.0)
