@@ -47,7 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.data_dir = ""
-    config.task = ml_collections.ConfigDict({"family": "mlp_image", "kwargs": ml_collections.ConfigDict()})
+    config.task = ml_collections.ConfigDict(
+        {"family": "mlp_image", "kwargs": ml_collections.ConfigDict(), "mixture": ml_collections.ConfigDict()}
+    )
     config.optimizer = ml_collections.ConfigDict({"name": "mlp", "kwargs": ml_collections.ConfigDict()})
     config.meta_train = ml_collections.ConfigDict(
         {
@@ -224,7 +226,7 @@ def _check_known_keys(config: ml_collections.ConfigDict, reference: ml_collectio
             close = difflib.get_close_matches(key, list(reference.keys()), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
-        if key != "kwargs" and isinstance(reference[key], ml_collections.ConfigDict):
+        if key not in ("kwargs", "mixture") and isinstance(reference[key], ml_collections.ConfigDict):
             _check_known_keys(config[key], reference[key], f"{prefix}{key}.")
 
 
@@ -298,18 +300,36 @@ def _kwargs(group: ml_collections.ConfigDict) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in group.to_dict().items()}
 
 
-def build_family(config: ml_collections.ConfigDict) -> tasks.TaskFamily:
-    """Returns the task family named in `config.task`, with `config.data_dir` passed on if the family takes one."""
-    kwargs = _kwargs(config.task.kwargs)
+def build_family(config: ml_collections.ConfigDict) -> Any:
+    """Returns the task family named in `config.task`, or the list of families of `config.task.mixture`.
+
+    `config.data_dir` is passed on to families that take a `data_dir`. A mixture maps entry
+    names to `{"family": NAME, "kwargs": {...}}`; each family gets its own batch of tasks.
+    """
+    if len(config.task.mixture):
+        families = []
+        for entry_name, entry in config.task.mixture.items():
+            unknown = sorted(set(entry.keys()) - {"family", "kwargs"})
+            _require(isinstance(entry, ml_collections.ConfigDict) and "family" in entry and not unknown,
+                     f"config.task.mixture.{entry_name} must hold 'family' and optionally 'kwargs'"
+                     + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+            families.append(_one_family(config, entry.family, entry.get("kwargs", ml_collections.ConfigDict()),
+                                        f"config.task.mixture.{entry_name}"))
+        return families
+    return _one_family(config, config.task.family, config.task.kwargs, "config.task")
+
+
+def _one_family(config: ml_collections.ConfigDict, name: str, kwargs_group: Any, where: str) -> tasks.TaskFamily:
+    kwargs = _kwargs(kwargs_group) if isinstance(kwargs_group, ml_collections.ConfigDict) else dict(kwargs_group)
     data_dir = config.data_dir or os.environ.get("LOPT_DATA_DIR", "")
-    if data_dir and "data_dir" not in kwargs and tasks.accepts_argument(config.task.family, "data_dir"):
+    if data_dir and "data_dir" not in kwargs and tasks.accepts_argument(name, "data_dir"):
         kwargs["data_dir"] = data_dir
     try:
-        return tasks.get(config.task.family, **kwargs)
+        return tasks.get(name, **kwargs)
     except tasks.TaskError as err:
-        raise ConfigError(f"config.task: {err}") from None
+        raise ConfigError(f"{where}: {err}") from None
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"config.task: cannot build {config.task.family!r}: {err}") from None
+        raise ConfigError(f"{where}: cannot build {name!r}: {err}") from None
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> lopt.LearnedOptimizer:

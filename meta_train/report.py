@@ -108,6 +108,9 @@ def plot_curves(named_curves: Dict[str, evaluate.Curves], path: Path, title: str
 def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, workdir: Path) -> Dict[str, Any]:
     """Evaluates trained and initial meta-params and the tuned baseline on held-out tasks; prints and saves a report."""
     settings = config.eval
+    if isinstance(run.family, (list, tuple)):
+        print(f"evaluating on the first family of the mixture, {run.family[0].name}")
+        run = run._replace(family=run.family[0])
     keys = evaluate.held_out_task_keys(settings.seed, settings.num_tasks)
     optimizer = run.learned_optimizer
     initial = optimizer.init(jax.random.split(jax.random.key(config.seed))[0])

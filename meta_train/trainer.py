@@ -66,6 +66,11 @@ def place_state(state: "TrainerState", parallelism: TaskParallelism, estimator: 
 class Trainer:
     """Meta-trains `learned_optimizer` on `family` with `estimator` and `meta_optimizer`.
 
+    `family` may also be a sequence of families: each gets its own batch of `num_tasks`
+    tasks (vmapped separately, since shapes differ between families) and its own estimator
+    state; the meta-gradient is the mean over families, and the metrics add
+    `meta_loss/<family name>`.
+
     A non-finite meta-gradient is not applied (the step still advances the inner runs) and
     is counted in the metrics as `skipped_update`.
     """
@@ -88,6 +93,12 @@ class Trainer:
         check_truncation(horizon, estimator.trunc_length)
         self.parallelism = parallelism or TaskParallelism()
         self.parallelism.check_num_tasks(estimator.num_tasks)
+        self.mixture = isinstance(family, (list, tuple))
+        families = tuple(family) if self.mixture else (family,)
+        if not families:
+            raise ValueError("a mixture needs at least one task family")
+        self.family_names = [getattr(f, "name", type(f).__name__) for f in families]
+        family = families if self.mixture else family
         self.family = place_replicated(family, self.parallelism.replicated_sharding())
         self.learned_optimizer = learned_optimizer
         self.estimator = estimator
@@ -95,7 +106,7 @@ class Trainer:
         self.meta_optimizer = meta_optimizer if meta_optimizer is not None else optax.adam(1e-3)
         self.meta_loss = meta_loss
         self.max_meta_loss = float(max_meta_loss)
-        TruncatedUnroll(family, learned_optimizer, horizon, meta_loss, max_meta_loss)  # validates arguments
+        TruncatedUnroll(families[0], learned_optimizer, horizon, meta_loss, max_meta_loss)  # validates arguments
         self._phase_masks: Dict[str, Any] = {}
         replicated, by_task = self.parallelism.replicated_sharding(), self.parallelism.task_sharding()
         if replicated is None:
@@ -103,6 +114,8 @@ class Trainer:
             self._step = jax.jit(self._step_impl)
         else:
             estimator_sharding = estimator.sharding_prefix(by_task, replicated)
+            if self.mixture:
+                estimator_sharding = tuple(estimator_sharding for _ in families)
             state_sharding = TrainerState(replicated, replicated, estimator_sharding, replicated, replicated)
             self._init = jax.jit(self._init_impl, out_shardings=state_sharding)
             self._step = jax.jit(self._step_impl, out_shardings=(state_sharding, replicated))
@@ -116,7 +129,13 @@ class Trainer:
     def _init_impl(self, key_data: Array, family: TaskFamily, meta_params: Any) -> TrainerState:
         key = jax.random.wrap_key_data(key_data)
         estimator_key, next_key = jax.random.split(key)
-        estimator_state = self.estimator.init(self.unroll(family), meta_params, estimator_key)
+        if self.mixture:
+            keys = jax.random.split(estimator_key, len(family))
+            estimator_state = tuple(
+                self.estimator.init(self.unroll(f), meta_params, k) for f, k in zip(family, keys)
+            )
+        else:
+            estimator_state = self.estimator.init(self.unroll(family), meta_params, estimator_key)
         return TrainerState(
             meta_params=meta_params,
             meta_opt_state=self.meta_optimizer.init(meta_params),
@@ -136,27 +155,15 @@ class Trainer:
         return self._init(key_data, self.family, place_replicated(meta_params, replicated))
 
     def _step_impl(
-        self, state: TrainerState, family: TaskFamily, mask: Any
+        self, state: TrainerState, family: Any, mask: Any
     ) -> Tuple[TrainerState, Dict[str, Array]]:
         key, estimate_key = jax.random.split(jax.random.wrap_key_data(state.key))
-        unroll = self.unroll(family)
-        if self.accumulate == 1:
-            gradient, estimator_state, metrics = self.estimator.estimate(
-                unroll, state.meta_params, state.estimator_state, estimate_key, mask
-            )
+        if self.mixture:
+            gradient, estimator_state, metrics = self._estimate_mixture(state, family, mask, estimate_key)
         else:
-
-            def one_call(estimator_state, call_key):
-                gradient, estimator_state, metrics = self.estimator.estimate(
-                    unroll, state.meta_params, estimator_state, call_key, mask
-                )
-                return estimator_state, (gradient, metrics)
-
-            estimator_state, (gradients, all_metrics) = jax.lax.scan(
-                one_call, state.estimator_state, jax.random.split(estimate_key, self.accumulate)
+            gradient, estimator_state, metrics = self._estimate(
+                self.unroll(family), state.meta_params, state.estimator_state, mask, estimate_key
             )
-            gradient = jax.tree.map(lambda g: jnp.mean(g, axis=0), gradients)
-            metrics = {k: (jnp.sum(v) if k.startswith("num_") else jnp.mean(v)) for k, v in all_metrics.items()}
         gradient = jax.tree.map(lambda g, m: g * m.astype(g.dtype), gradient, mask)
         gradient_norm = global_norm(gradient)
         finite = jnp.isfinite(gradient_norm)
@@ -174,6 +181,36 @@ class Trainer:
         metrics["meta_params_norm"] = global_norm(meta_params)
         new_state = TrainerState(meta_params, meta_opt_state, estimator_state, jax.random.key_data(key), state.step + 1)
         return new_state, metrics
+
+    def _estimate(self, unroll: TruncatedUnroll, meta_params: Any, estimator_state: Any, mask: Any, key: Array):
+        """One family's meta-gradient: one estimator call, or the mean of `accumulate` calls."""
+        if self.accumulate == 1:
+            return self.estimator.estimate(unroll, meta_params, estimator_state, key, mask)
+
+        def one_call(carried_state, call_key):
+            gradient, carried_state, metrics = self.estimator.estimate(unroll, meta_params, carried_state, call_key, mask)
+            return carried_state, (gradient, metrics)
+
+        estimator_state, (gradients, all_metrics) = jax.lax.scan(
+            one_call, estimator_state, jax.random.split(key, self.accumulate)
+        )
+        gradient = jax.tree.map(lambda g: jnp.mean(g, axis=0), gradients)
+        metrics = {k: (jnp.sum(v) if k.startswith("num_") else jnp.mean(v)) for k, v in all_metrics.items()}
+        return gradient, estimator_state, metrics
+
+    def _estimate_mixture(self, state: TrainerState, families: Tuple[TaskFamily, ...], mask: Any, key: Array):
+        """Each family's meta-gradient on its own batch of tasks, averaged over families."""
+        results = [
+            self._estimate(self.unroll(f), state.meta_params, s, mask, k)
+            for f, s, k in zip(families, state.estimator_state, jax.random.split(key, len(families)))
+        ]
+        gradient = jax.tree.map(lambda *gs: sum(gs) / len(gs), *[r[0] for r in results])
+        metrics = {
+            k: sum(r[2][k] for r in results) / (1 if k.startswith("num_") else len(results)) for k in results[0][2]
+        }
+        for name, result in zip(self.family_names, results):
+            metrics[f"meta_loss/{name}"] = result[2]["meta_loss"]
+        return gradient, tuple(r[1] for r in results), metrics
 
     def phase_mask(self, meta_params: Any, phase: str = "all") -> Any:
         """Returns the 0/1 float mask of the meta-params that meta-training `phase` trains."""
@@ -193,4 +230,5 @@ class Trainer:
     @property
     def inner_steps_per_meta_step(self) -> int:
         """Inner training steps (over all tasks and particles) done by one meta-step."""
-        return self.estimator.num_tasks * self.estimator.num_particles * self.estimator.trunc_length * self.accumulate
+        per_family = self.estimator.num_tasks * self.estimator.num_particles * self.estimator.trunc_length
+        return per_family * self.accumulate * len(self.family_names)

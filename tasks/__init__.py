@@ -3,14 +3,23 @@
 from tasks.base import SPLITS, Task, TaskError, TaskFamily, check_split, single_task_family
 from tasks.datasets import ArrayDataset, load_dataset
 from tasks.registry import accepts_argument, get, register, registered_names
+from tasks.text_data import TextDataset, load_text
+from tasks.validation import ValidationReport, validate
 from tasks.logistic_regression import LogisticRegressionFamily
 from tasks.mlp_image import MLPImageFamily
 from tasks.quadratic import QuadraticFamily
 from tasks.l2l_quadratic import L2LQuadraticFamily
+from tasks.cnn_image import CNNImageFamily
+from tasks.transformer_lm import TransformerLMFamily
+from tasks.few_shot import FewShotFamily
+from tasks.finance import FinanceFamily
 
 __all__ = [
     "SPLITS",
     "ArrayDataset",
+    "CNNImageFamily",
+    "FewShotFamily",
+    "FinanceFamily",
     "L2LQuadraticFamily",
     "LogisticRegressionFamily",
     "MLPImageFamily",
@@ -18,11 +27,16 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskFamily",
+    "TextDataset",
+    "TransformerLMFamily",
+    "ValidationReport",
     "accepts_argument",
     "check_split",
     "get",
     "load_dataset",
+    "load_text",
     "register",
     "registered_names",
     "single_task_family",
+    "validate",
 ]

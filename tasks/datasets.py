@@ -5,10 +5,13 @@ features are stored as float32 (N, D) and standardised per feature. The standard
 statistics come from the train split. Loaded numpy arrays are cached per (name, size, data
 folder), so building many families over one dataset reads its files once.
 
-Sources: scikit-learn's bundled `digits` and `breast_cancer` (no files needed), and files in a
-data folder (`data_dir=` argument, else the `LOPT_DATA_DIR` environment variable):
-`mnist/` and `fashion_mnist/` as the original idx `.gz` files, `cifar10/cifar10_8x8.npz` and
-`cifar10/cifar10_exact_subset_32x32.npz`.
+Sources, behind the one `load_dataset` interface: scikit-learn's bundled `digits` and
+`breast_cancer` (no files needed); files in a data folder (`data_dir=` argument, else the
+`LOPT_DATA_DIR` environment variable): `mnist/` and `fashion_mnist/` as the original idx
+`.gz` files, `cifar10/cifar10_8x8.npz` and `cifar10/cifar10_exact_subset_32x32.npz`; and any
+(image, label) TFDS dataset as `tfds:NAME` (e.g. `tfds:mnist`), read with `tfds.data_source`
+from prepared ArrayRecord data (see tasks/tfds_source.py; `download=False` unless asked).
+Text and price series have their own loaders (tasks/text_data.py, tasks/finance_data.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tasks import tfds_source
 from tasks.base import SPLITS, TaskError, check_split
 
 Array = jax.Array
@@ -136,15 +140,29 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 
+def is_image_dataset(name: str) -> bool:
+    """Returns whether `name` is a built-in image dataset or a TFDS one (`tfds:NAME`)."""
+    return name in IMAGE_SIZES or tfds_source.is_tfds_name(name)
+
+
 def load_dataset(
     name: str,
     image_size: Optional[int] = None,
     data_dir: Optional[str] = None,
     max_examples: Optional[int] = None,
+    *,
+    tfds_data_dir: Optional[str] = None,
+    download: bool = False,
 ) -> ArrayDataset:
-    """Loads dataset `name` onto the device as an ArrayDataset (images resized to `image_size`)."""
+    """Loads dataset `name` onto the device as an ArrayDataset (images resized to `image_size`).
+
+    `tfds:NAME` reads an (image, label) TFDS dataset from `tfds_data_dir`; it downloads only
+    when `download=True`.
+    """
+    if tfds_source.is_tfds_name(name):
+        return _load_tfds_images(name, image_size, max_examples, tfds_data_dir, download)
     if name not in DATASETS:
-        raise TaskError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+        raise TaskError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} or tfds:NAME")
     if name in IMAGE_SIZES:
         sizes = IMAGE_SIZES[name]
         image_size = sizes[0] if image_size is None else image_size
@@ -164,6 +182,27 @@ def load_dataset(
         num_classes=num_classes,
         feature_mean=mean,
         feature_std=std,
+    )
+
+
+def _load_tfds_images(
+    name: str, image_size: Optional[int], max_examples: Optional[int], tfds_data_dir: Optional[str], download: bool
+) -> ArrayDataset:
+    if max_examples is not None and max_examples < 1:
+        raise TaskError(f"max_examples must be a positive integer, got {max_examples}")
+    splits, num_classes = tfds_source.read_image_classification(
+        tfds_source.strip_prefix(name), tfds_data_dir, download, max_examples
+    )
+    if image_size is not None:
+        if image_size < 1 or image_size > min(splits["train"][0].shape[1:3]):
+            native = splits["train"][0].shape[1:3]
+            raise TaskError(f"dataset {name!r} has {native} images; image_size={image_size} is impossible")
+        splits = {s: (resize_images(x, image_size), y) for s, (x, y) in splits.items()}
+    mean, std = _feature_statistics(splits["train"][0])
+    return ArrayDataset(
+        {s: jnp.asarray(x) for s, (x, _) in splits.items()},
+        {s: jnp.asarray(y, jnp.int32) for s, (_, y) in splits.items()},
+        name=name, num_classes=num_classes, feature_mean=mean, feature_std=std,
     )
 
 

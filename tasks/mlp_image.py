@@ -1,9 +1,10 @@
 """Multi-layer perceptrons classifying small flattened images, with a sampled activation and init scale.
 
-Widths, image size and dataset are static (constructor arguments). Each task samples an
-activation index (applied with `lax.switch`, so a vmapped batch of tasks may mix
-activations) and an init scale, log-uniform in [min_init_scale, max_init_scale], that
-multiplies a fan-in-scaled normal init: w ~ N(0, (init_scale^2) / fan_in), b = 0.
+Widths, image size and dataset are static (constructor arguments); the dataset is any image
+dataset `tasks.load_dataset` reads (digits, mnist, fashion_mnist, cifar10, or `tfds:NAME`).
+Each task samples an activation index (applied with `lax.switch`, so a vmapped batch of
+tasks may mix activations) and an init scale, log-uniform in [min_init_scale,
+max_init_scale], that multiplies a fan-in-scaled normal init: w ~ N(0, (init_scale^2) / fan_in), b = 0.
 
 Loss: mean softmax cross-entropy. Normaliser: loss / log(num_classes), the loss of a uniform
 prediction, so about 1 at initialisation and towards 0 when trained.
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from tasks.base import Array, Task, TaskError, TaskFamily, check_split
-from tasks.datasets import ArrayDataset, load_dataset
+from tasks.datasets import ArrayDataset, is_image_dataset, load_dataset
 from tasks.registry import register
 
 Params = Dict[str, Dict[str, Array]]
@@ -115,9 +116,13 @@ class MLPImageFamily(TaskFamily):
         max_init_scale: float = 2.0,
         activations: Sequence[str] = tuple(ACTIVATIONS),
         max_examples: Optional[int] = None,
+        tfds_data_dir: Optional[str] = None,
+        download: bool = False,
     ):
-        if dataset not in IMAGE_DATASETS:
-            raise TaskError(f"mlp_image has no dataset {dataset!r}; expected one of {', '.join(IMAGE_DATASETS)}")
+        if not is_image_dataset(dataset):
+            raise TaskError(
+                f"mlp_image has no dataset {dataset!r}; expected one of {', '.join(IMAGE_DATASETS)} or tfds:NAME"
+            )
         unknown = [a for a in activations if a not in ACTIVATIONS]
         if unknown or not activations:
             raise TaskError(f"mlp_image activations must be a non-empty subset of {', '.join(ACTIVATIONS)}")
@@ -137,7 +142,9 @@ class MLPImageFamily(TaskFamily):
         self.init_scale_range = (float(min_init_scale), float(max_init_scale))
         self.activations = tuple(activations)
         self.max_examples = max_examples
-        self.data = load_dataset(dataset, self.image_size, data_dir, max_examples)
+        self.data = load_dataset(
+            dataset, self.image_size, data_dir, max_examples, tfds_data_dir=tfds_data_dir, download=download
+        )
         self.layer_sizes = (math.prod(self.data.input_shape),) + self.hidden + (self.data.num_classes,)
 
     def sample(self, key: Array) -> MLPConfig:

@@ -13,7 +13,7 @@ _FAMILIES: Dict[str, Type[TaskFamily]] = {}
 
 
 def register(name: str) -> Callable[[FamilyClass], FamilyClass]:
-    """Class decorator that registers a TaskFamily subclass under `name` for `tasks.get`."""
+    """Class decorator that registers a TaskFamily subclass under `name` for `tasks.get` (and names it, if unnamed)."""
 
     def decorate(cls: FamilyClass) -> FamilyClass:
         if not (isinstance(cls, type) and issubclass(cls, TaskFamily)):
@@ -22,6 +22,8 @@ def register(name: str) -> Callable[[FamilyClass], FamilyClass]:
         if existing is not None and _qualified_name(existing) != _qualified_name(cls):
             raise TaskError(f"task family name {name!r} is already registered to {_qualified_name(existing)}")
         _FAMILIES[name] = cls
+        if "name" not in vars(cls):
+            cls.name = name
         return cls
 
     return decorate

@@ -139,3 +139,33 @@ def test_bad_estimator_settings_are_config_errors():
     config.meta_train.horizon = "log_uniform"
     with pytest.raises(config_lib.ConfigError, match="needs meta_train.horizon='constant'"):
         config_lib.build(config)
+
+
+def test_several_families_mixed_in_one_run_each_with_its_own_batch():
+    config = config_lib.base_config()
+    config.task.mixture = {
+        "quad": {"family": "quadratic", "kwargs": {"dim": 8}},
+        "digits": {"family": "mlp_image", "kwargs": {"dataset": "digits", "hidden": (16,)}},
+    }
+    config.optimizer.name = "adam"
+    config.meta_train.num_tasks = 4
+    config.meta_train.trunc_length = 5
+    config.meta_train.horizon_length = 20
+    run = config_lib.build(config)
+    trainer = run.trainer
+    assert sorted(f.name for f in run.family) == ["mlp_image", "quadratic"]
+    state = trainer.init(jax.random.key(0))
+    by_name = dict(zip([f.name for f in run.family], state.estimator_state))
+    quadratic_tasks, digits_tasks = by_name["quadratic"], by_name["mlp_image"]
+    assert jax.tree.leaves(quadratic_tasks.tasks.params)[0].shape[:2] == (4, 2)
+    assert {p.shape[-1] for p in jax.tree.leaves(digits_tasks.tasks.params)} != {8}
+    state, metrics = trainer.step(state)
+    assert np.isfinite(float(metrics["meta_loss/quadratic"])) and np.isfinite(float(metrics["meta_loss/mlp_image"]))
+    np.testing.assert_allclose(
+        float(metrics["meta_loss"]), (float(metrics["meta_loss/quadratic"]) + float(metrics["meta_loss/mlp_image"])) / 2,
+        rtol=1e-5,
+    )
+    assert trainer.inner_steps_per_meta_step == 2 * 4 * 2 * 5
+    config.task.mixture.digits.kwargs.hiden = 3
+    with pytest.raises(config_lib.ConfigError, match="config.task.mixture.digits: task family 'mlp_image' has no argument"):
+        config_lib.build(config)
