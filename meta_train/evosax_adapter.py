@@ -22,14 +22,21 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import optax
-from evosax.algorithms import Open_ES, PersistentES, SNES
 
 from meta_train.estimator import Estimator
 from meta_train.unroll import TaskState, TruncatedUnroll
 
 Array = jax.Array
 
-STRATEGIES = {"PersistentES": PersistentES, "Open_ES": Open_ES, "SNES": SNES}
+STRATEGIES = ("PersistentES", "Open_ES", "SNES")
+
+
+def strategy_class(name: str):
+    """Returns the evosax strategy class `name`; evosax is imported here because importing it starts JAX's
+    backend, which must wait until a multi-process run has called jax.distributed.initialize."""
+    import evosax.algorithms
+
+    return getattr(evosax.algorithms, name)
 
 
 class EvosaxState(NamedTuple):
@@ -55,7 +62,7 @@ class EvosaxEstimator(Estimator):
 
     def strategy(self, meta_params: Any):
         """Returns the evosax strategy object for meta-params shaped like `meta_params`."""
-        cls = STRATEGIES[self.strategy_name]
+        cls = strategy_class(self.strategy_name)
         kwargs = {"population_size": 2 * self.num_tasks, "solution": meta_params, "optimizer": optax.sgd(1.0)}
         if self.strategy_name != "SNES":
             kwargs["std_schedule"] = optax.constant_schedule(self.std)

@@ -145,3 +145,14 @@ def test_two_processes_meta_train_together_and_resume_from_one_writer(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_importing_the_packages_does_not_start_jax_backends():
+    """jax.distributed.initialize must run before any backend starts, so imports must not start one."""
+    code = (
+        "import jax._src.xla_bridge as xb, lopt, tasks, meta_train, meta_train.cli, meta_train.run, meta_train.config;"
+        "print(bool(xb._backends))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
