@@ -7,8 +7,8 @@ setup(
     version="0.1.0",
     description="Meta-train learned optimizers in JAX and use them as optax transformations.",
     python_requires=">=3.10",
-    packages=["lopt", "tasks", "meta_train"],
-    package_data={"lopt": ["pretrained/*.lopt"]},
+    packages=["lopt", "lopt.pretrained", "tasks", "tasks.examples", "meta_train"],
+    package_data={"lopt.pretrained": ["*.lopt"]},
     install_requires=[
         "jax>=0.6",
         "flax",
@@ -29,6 +29,7 @@ setup(
         "console_scripts": [
             "lopt-meta-train=meta_train.cli:meta_train_main",
             "lopt-export=meta_train.cli:export_main",
+            "lopt-evaluate=meta_train.evaluation_cli:main",
         ]
     },
 )

@@ -11,11 +11,12 @@ from lopt.hyper_lstm import HyperLSTM, HyperLSTMState
 from lopt.l2l_lstm import L2LLSTM, L2LState
 from lopt.learned_adam import AdamMultiplier, LearnedAdam, LearnedAdamState
 from lopt.mlp_lopt import MLPLOpt, MLPLOptState
+from lopt import pretrained
 
 __all__ = [
     "Adam", "AdamMultiplier", "AdamW", "AdafacMLPLOpt", "AdafacMLPState", "AttentionLOpt", "AttentionState",
     "Celo", "CeloState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState", "L2LLSTM", "L2LState",
     "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer", "MLPLOpt",
     "MLPLOptState", "MetaParams", "RMSProp", "SGD", "SGDMomentum", "features", "get", "load", "register",
-    "registered_names", "save",
+    "pretrained", "registered_names", "save",
 ]

@@ -38,7 +38,7 @@ def held_out_task_keys(seed: int, num_tasks: int) -> Array:
 
 
 def validation_steps(num_steps: int, valid_every: int) -> np.ndarray:
-    """Returns the inner steps after which validation losses are taken: 0, k, 2k, ... and the last step."""
+    """Returns the inner steps after which validation losses are taken: 0, k, 2k, ... and the last step (the final validation loss)."""
     if valid_every <= 0:
         return np.zeros((0,), np.int64)
     steps = list(range(0, num_steps + 1, valid_every))
@@ -78,35 +78,35 @@ def _train_one(family: TaskFamily, learned_optimizer: Any, meta_params: Any, tas
         updates, opt_state = transformation.update(grads, opt_state, params, loss=loss)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    step_keys = jax.random.split(steps_key, num_steps)
     carry = (params, opt_state)
-    valid_keys = jax.random.split(jax.random.fold_in(run_key, 1), validation_steps(num_steps, valid_every).size)
-    valid = []
+    step_keys = jax.random.split(steps_key, num_steps)
     if valid_every > 0:
-        chunks = num_steps // valid_every
-        valid.append(_mean_loss(task, params, valid_keys[0], "valid", valid_batches)[None])
-        losses = []
-        if chunks:
-            def chunk(carry, xs):
-                keys, valid_key = xs
-                carry, chunk_losses = jax.lax.scan(step, carry, keys)
-                return carry, (chunk_losses, _mean_loss(task, carry[0], valid_key, "valid", valid_batches))
+        chunks = -(-num_steps // valid_every)
+        padded = jnp.concatenate([step_keys, step_keys[: chunks * valid_every - num_steps]])
+        chunk_keys = padded.reshape(chunks, valid_every)
+        active = (jnp.arange(chunks * valid_every) < num_steps).reshape(chunks, valid_every)
 
-            chunk_keys = step_keys[: chunks * valid_every].reshape(chunks, valid_every)
-            carry, (chunk_losses, chunk_valid) = jax.lax.scan(chunk, carry, (chunk_keys, valid_keys[1: chunks + 1]))
-            losses.append(chunk_losses.reshape(-1))
-            valid.append(chunk_valid)
-        if chunks * valid_every < num_steps:
-            carry, tail = jax.lax.scan(step, carry, step_keys[chunks * valid_every:])
-            losses.append(tail)
-            valid.append(_mean_loss(task, carry[0], valid_keys[-1], "valid", valid_batches)[None])
-        losses = jnp.concatenate(losses)
+        def masked_step(carry, xs):
+            step_key, on = xs
+            stepped, loss = step(carry, step_key)
+            return jax.tree.map(lambda new, old: jnp.where(on, new, old), stepped, carry), loss
+
+        def chunk(carry, xs):
+            keys, on, valid_key = xs
+            valid = _mean_loss(task, carry[0], valid_key, "valid", valid_batches)
+            carry, losses = jax.lax.scan(masked_step, carry, (keys, on))
+            return carry, (losses, valid)
+
+        valid_keys = jax.random.split(jax.random.fold_in(run_key, 1), chunks)
+        carry, (losses, valid) = jax.lax.scan(chunk, carry, (chunk_keys, active, valid_keys))
+        losses = losses.reshape(-1)[:num_steps]
     else:
         carry, losses = jax.lax.scan(step, carry, step_keys)
+        valid = jnp.zeros((0,), jnp.float32)
     params = carry[0]
     final = _mean_loss(task, params, final_key, "train", final_batches)
     final_valid = _mean_loss(task, params, jax.random.fold_in(run_key, 2), "valid", final_batches)
-    valid_losses = jnp.concatenate(valid) if valid else jnp.zeros((0,), jnp.float32)
+    valid_losses = jnp.concatenate([valid, final_valid[None]]) if valid_every > 0 else valid
     return losses, final, task.normalizer(final), valid_losses, final_valid
 
 
@@ -211,11 +211,27 @@ def first_step_reaching(curve: np.ndarray, target: float, window: int = 10) -> i
     return int(hits[0] + window) if hits.size else -1
 
 
+def first_step_staying(curve: np.ndarray, target: float, window: int = 10) -> int:
+    """Returns the first step from which the running mean (over `window` steps) of `curve` stays <= `target`, or -1.
+
+    Unlike first_step_reaching, a noisy curve that dips below the target and comes back does not count.
+    """
+    if curve.shape[0] < window:
+        window = 1
+    smoothed = np.convolve(curve, np.ones(window) / window, mode="valid")
+    above = np.nonzero(~(smoothed <= target))[0]
+    if above.size == 0:
+        return window
+    return -1 if above[-1] == smoothed.shape[0] - 1 else int(above[-1] + 1 + window)
+
+
 def speedups(train_losses: np.ndarray, reference_losses: np.ndarray, window: int = 10) -> np.ndarray:
-    """Returns per-run speedups [...]: steps / first step where the running mean of `train_losses` reaches the reference's final loss.
+    """Returns per-run speedups [...]: steps / the step from which the running mean of `train_losses` stays at or below
+    the reference's final loss.
 
     Both arrays are [..., steps] with matching leading axes (e.g. [seeds, tasks]); the
-    reference's final loss is the mean of its last `window` losses; 0.0 where never reached.
+    reference's final loss is the mean of its last `window` losses; 0.0 where not reached by
+    the end. Staying (not first touching) keeps batch noise on a plateau from counting as speed.
     """
     train_losses, reference_losses = np.asarray(train_losses), np.asarray(reference_losses)
     num_steps = train_losses.shape[-1]
@@ -224,7 +240,7 @@ def speedups(train_losses: np.ndarray, reference_losses: np.ndarray, window: int
     for i, (curve, reference) in enumerate(zip(flat, flat_reference)):
         span = min(window, reference.shape[0])
         target = float(np.convolve(reference, np.ones(span) / span, mode="valid")[-1])
-        reached = first_step_reaching(np.where(np.isfinite(curve), curve, np.inf), target, window) if np.isfinite(target) else -1
+        reached = first_step_staying(np.where(np.isfinite(curve), curve, np.inf), target, window) if np.isfinite(target) else -1
         out[i] = num_steps / reached if reached > 0 else 0.0
     return out.reshape(train_losses.shape[:-1])
 

@@ -23,18 +23,16 @@ from tqdm import tqdm
 
 import lopt
 import tasks
-from meta_train import evaluate, report
+from meta_train import evaluate
+from meta_train import evaluation_summary as summary
+from meta_train.evaluation_summary import PLOT_FILE, RESULT_FILE, TABLE_FILE  # noqa: F401 - re-exported
 from meta_train.files import write_text_atomic
 from meta_train.run import prepare_workdir, tree_digest
 
 ARGUMENTS_FILE = "arguments.json"
-RESULT_FILE = "evaluation.json"
-PLOT_FILE = "curves.png"
-TABLE_FILE = "table.md"
 DEFAULT_LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 BASELINE_ALIASES = {"sgd+momentum": "sgd_momentum"}
 PRETRAINED_PREFIX = "pretrained:"
-WINDOW = 10
 NAMED_TASKS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "digits_mlp": ("mlp_image", {"dataset": "digits", "hidden": [32, 32]}),
     "fmnist8_mlp": ("mlp_image", {"dataset": "fashion_mnist", "image_size": 8, "hidden": [32, 32]}),
@@ -202,28 +200,6 @@ def _claim(out: Path, arguments: Dict[str, Any]) -> None:
     write_text_atomic(saved, json.dumps(arguments, indent=2))
 
 
-def _to_json(array: np.ndarray) -> Any:
-    array = np.asarray(array, np.float64)
-    rounded = [float(f"{x:.6g}") if np.isfinite(x) else None for x in array.reshape(-1)]
-    return np.asarray(rounded, object).reshape(array.shape).tolist() if array.ndim else rounded[0]
-
-
-def _from_json(value: Any) -> np.ndarray:
-    return np.asarray(value, dtype=np.float64)
-
-
-def _curves_json(curves: evaluate.Curves) -> Dict[str, Any]:
-    return {field: _to_json(getattr(curves, field)) for field in evaluate.Curves._fields}
-
-
-def _curves_from_json(data: Dict[str, Any]) -> evaluate.Curves:
-    return evaluate.Curves(*(_from_json(data[field]) for field in evaluate.Curves._fields))
-
-
-def _stack(curves: Sequence[evaluate.Curves]) -> evaluate.Curves:
-    return evaluate.Curves(*(np.stack(parts) for parts in zip(*curves)))
-
-
 @dataclasses.dataclass
 class _Unit:
     setting: Setting
@@ -249,7 +225,7 @@ def _read_unit(unit: _Unit) -> Optional[evaluate.Curves]:
         data = json.loads(unit.path.read_text())
         if (data["setting"], data["optimizer"], data["seed"]) != (unit.setting.label, unit.label, unit.seed):
             return None
-        return _curves_from_json(data["curves"])
+        return summary.curves_from_json(data["curves"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -292,134 +268,15 @@ def run_evaluation(spec: Spec, out: str | Path, *, show_progress: bool = True) -
             curves = _run_unit(unit, spec, families[unit.setting.label], optimizer, task_keys)
             unit.path.parent.mkdir(parents=True, exist_ok=True)
             payload = {"setting": unit.setting.label, "optimizer": unit.label, "seed": unit.seed,
-                       "curves": _curves_json(curves)}
+                       "curves": summary.curves_json(curves)}
             write_text_atomic(unit.path, json.dumps(payload))
-            results[key] = _curves_from_json(payload["curves"])
+            results[key] = summary.curves_from_json(payload["curves"])
             progress.update(1)
     finally:
         progress.close()
-    summary = aggregate(spec, labels, results)
-    write_outputs(spec, out, summary)
-    return {"out": str(out), "table": summary["table"], "settings": {
+    combined = summary.aggregate(spec, labels, results)
+    summary.write_outputs(spec, out, combined)
+    return {"out": str(out), "table": combined["table"], "settings": {
         label: {name: {k: v for k, v in entry.items() if k not in ("curves", "grid_final_losses")}
                 for name, entry in setting["optimizers"].items()}
-        for label, setting in summary["settings"].items()}}
-
-
-def _finite_stats(values: np.ndarray) -> Dict[str, Optional[float]]:
-    values = np.asarray(values, np.float64).reshape(-1)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return {"mean": None, "median": None, "num_nonfinite": int(values.size)}
-    return {"mean": float(np.mean(finite)), "median": float(np.median(finite)),
-            "num_nonfinite": int(values.size - finite.size)}
-
-
-def _speedup_summary(per_run: np.ndarray) -> Dict[str, Any]:
-    flat = per_run.reshape(-1)
-    return {"per_run": _to_json(per_run), "median": float(np.median(flat)), "min": float(np.min(flat)),
-            "reached": int(np.sum(flat > 0)), "runs": int(flat.size)}
-
-
-def aggregate(spec: Spec, learned_labels: Sequence[str], results: Dict[Tuple[str, str, int], evaluate.Curves]) -> Dict[str, Any]:
-    """Combines unit results: picks baseline learning rates per task (over seeds), computes speedups and the table."""
-    settings = {}
-    for setting in spec.settings:
-        entries: Dict[str, Dict[str, Any]] = {}
-        for label in learned_labels:
-            curves = _stack([results[(setting.label, label, s)] for s in spec.seeds])
-            entries[label] = {"kind": "learned", "curves": curves}
-        for name in spec.baselines:
-            per_rate = _stack([results[(setting.label, name, s)] for s in spec.seeds])  # [seeds, rates, tasks, ...]
-            tuned_on = per_rate.final_losses if spec.tune_on == "train" else per_rate.final_valid_losses
-            best = evaluate.best_rate_per_task(tuned_on)
-            tasks_index = np.arange(best.shape[0])
-            entries[f"{name} (tuned lr)"] = {
-                "kind": "baseline",
-                "curves": evaluate.Curves(*(x[:, best, tasks_index] for x in per_rate)),
-                "learning_rates": [float(spec.learning_rates[i]) for i in best],
-                "num_at_grid_edge": int(np.sum((best == 0) | (best == len(spec.learning_rates) - 1))),
-                "grid_final_losses": _to_json(per_rate.final_losses),
-            }
-        reference = entries.get(f"{spec.reference} (tuned lr)")
-        for entry in entries.values():
-            curves = entry["curves"]
-            entry["final_train_loss"] = _finite_stats(curves.final_losses)
-            entry["final_valid_loss"] = _finite_stats(curves.final_valid_losses)
-            if reference is not None:
-                entry["speedup"] = _speedup_summary(
-                    evaluate.speedups(curves.train_losses, reference["curves"].train_losses, WINDOW))
-        settings[setting.label] = {
-            "family": setting.family, "family_kwargs": setting.family_kwargs, "num_steps": setting.num_steps,
-            "valid_steps": evaluate.validation_steps(setting.num_steps, spec.valid_every).tolist(),
-            "optimizers": entries,
-        }
-    return {"settings": settings, "table": format_tables(spec, settings)}
-
-
-def _number(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
-def _speedup_text(value: float) -> str:
-    return f"{value:.2f}x" if value > 0 else "not reached"
-
-
-def _rate_text(entry: Dict[str, Any]) -> str:
-    if entry["kind"] != "baseline":
-        return "-"
-    rates = np.asarray(entry["learning_rates"])
-    text = f"{np.median(rates):.3g} ({rates.min():.3g}..{rates.max():.3g})"
-    return text + (f", {entry['num_at_grid_edge']} at grid edge" if entry["num_at_grid_edge"] else "")
-
-
-def format_tables(spec: Spec, settings: Dict[str, Dict[str, Any]]) -> str:
-    """Returns the markdown report: one table per setting with final losses, tuned learning rates and speedups."""
-    runs = f"{spec.num_tasks} held-out tasks x {len(spec.seeds)} seed(s)"
-    parts = [
-        "# Evaluation", "",
-        f"{runs}; final loss = mean over {spec.final_batches} batches after the last step; baselines' learning "
-        f"rate picked per task (best mean final {spec.tune_on} loss over seeds) from {len(spec.learning_rates)} "
-        f"values {min(spec.learning_rates, default=0):g}..{max(spec.learning_rates, default=0):g}.",
-    ]
-    if spec.baselines:
-        parts.append(
-            f"Speedup = budget / first step at which the {WINDOW}-step running mean of the training loss reaches "
-            f"tuned {spec.reference}'s final training loss (mean of its last {WINDOW} steps) on the same task and "
-            "seed; median and worst over runs; 'not reached' counts as 0.")
-    for label, setting in settings.items():
-        kwargs = ", ".join(f"{k}={v}" for k, v in setting["family_kwargs"].items())
-        parts += ["", f"## {label}: {setting['family']}({kwargs}), {setting['num_steps']} steps", ""]
-        headers = ["optimizer", "learning rate", "final train loss (mean / median)", "final valid loss (mean)"]
-        if spec.baselines:
-            headers += [f"speedup vs tuned {spec.reference} (median)", "worst", "reached"]
-        rows = []
-        for name, entry in setting["optimizers"].items():
-            train, valid = entry["final_train_loss"], entry["final_valid_loss"]
-            row = [name, _rate_text(entry), f"{_number(train['mean'])} / {_number(train['median'])}", _number(valid["mean"])]
-            if "speedup" in entry:
-                speed = entry["speedup"]
-                row += [_speedup_text(speed["median"]), _speedup_text(speed["min"]), f"{speed['reached']}/{speed['runs']}"]
-            rows.append(row)
-        parts.append(report.format_markdown_table(headers, rows))
-    return "\n".join(parts) + "\n"
-
-
-def write_outputs(spec: Spec, out: Path, summary: Dict[str, Any]) -> None:
-    """Writes evaluation.json (every selected curve), curves.png and table.md into `out`."""
-    settings_json = {}
-    panels, valid_steps = {}, {}
-    for label, setting in summary["settings"].items():
-        entries = {}
-        for name, entry in setting["optimizers"].items():
-            entries[name] = {k: v for k, v in entry.items() if k != "curves"}
-            entries[name]["curves"] = _curves_json(entry["curves"])
-        settings_json[label] = {**{k: v for k, v in setting.items() if k != "optimizers"}, "optimizers": entries}
-        title = f"{label} ({setting['num_steps']} steps)"
-        panels[title] = {name: entry["curves"] for name, entry in setting["optimizers"].items()}
-        valid_steps[title] = np.asarray(setting["valid_steps"])
-    result = {"arguments": json.loads(json.dumps(dataclasses.asdict(spec))), "curve_axes": "[seeds, tasks, steps]",
-              "settings": settings_json}
-    write_text_atomic(out / RESULT_FILE, json.dumps(result))
-    write_text_atomic(out / TABLE_FILE, summary["table"])
-    report.plot_grid(panels, out / PLOT_FILE, valid_steps)
+        for label, setting in combined["settings"].items()}}

@@ -139,14 +139,16 @@ def meta_train(
         _trim_metrics(metrics_path, start)
     time_path = workdir / TIME_FILE
     seconds_before = _seconds_before(time_path, start)
+    recorded = {"seconds": seconds_before}
 
     def train_seconds() -> float:
         return seconds_before + time.perf_counter() - invoked
 
     def save(done: int) -> None:
         checkpointer.save(done, state)
+        recorded["seconds"] = train_seconds()
         if primary:
-            write_text_atomic(time_path, json.dumps({"step": done, "seconds": train_seconds()}))
+            write_text_atomic(time_path, json.dumps({"step": done, "seconds": recorded["seconds"]}))
 
     total = int(config.meta_train.num_steps)
     schedule = config_lib.parse_phases(config.meta_train.phases, total)
@@ -195,7 +197,7 @@ def meta_train(
     if primary:
         export.save(export_path, run.learned_optimizer, meta_params, provenance(config, done))
     summary = {"workdir": str(workdir), "meta_steps": done, "export": str(export_path),
-               "train_seconds": train_seconds(), "stopped_early": done < total,
+               "train_seconds": recorded["seconds"], "stopped_early": done < total,
                "compile_seconds": compile_seconds, "last_metrics": last,
                "meta_params_sha256": tree_digest(meta_params), "process_index": jax.process_index()}
     if config.eval.enabled and primary:

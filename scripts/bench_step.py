@@ -60,7 +60,7 @@ class Runner:
         tx = optimizer.optimizer(optimizer.init(jax.random.key(0)), num_steps=10_000)
         self.params = init_mlp(jax.random.key(1), sizes)
         self.num_params = sum(p.size for p in jax.tree.leaves(self.params))
-        self.opt_state = tx.init(self.params)
+        self.opt_state = jax.tree.map(lambda x: jnp.array(x, copy=True), tx.init(self.params))  # donation needs distinct buffers
         self.state_bytes_per_param = tree_bytes(self.opt_state) / self.num_params
         self.step = make_step(tx)
         self.x, self.y = x, y
