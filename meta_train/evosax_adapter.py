@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from meta_train.estimator import Estimator
-from meta_train.unroll import TaskState, TruncatedUnroll
+from meta_train.unroll import TaskState, TruncatedUnroll, truncation_metrics
 
 Array = jax.Array
 
@@ -118,10 +118,5 @@ class EvosaxEstimator(Estimator):
             perturbation = jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(population) - flat_mean
             new_state = new_state.replace(pert_accum=jnp.where(restarted, perturbation, new_state.pert_accum))
         gradient = jax.flatten_util.ravel_pytree(meta_params)[1](flat_mean - new_state.mean)
-        metrics = {
-            "meta_loss": jnp.mean(result.meta_losses),
-            "inner_loss": jnp.mean(jnp.where(jnp.isfinite(result.raw_losses), result.raw_losses, 0.0)),
-            "num_nonfinite": jnp.sum(result.nonfinite),
-            "num_restarts": jnp.sum(result.resets.astype(jnp.int32)),
-        }
+        metrics = truncation_metrics(result, jnp.mean(result.meta_losses))
         return gradient, EvosaxState(tasks=tasks, strategy=new_state), metrics

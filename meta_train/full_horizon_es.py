@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from meta_train.estimator import Estimator
 from meta_train.pes import antithetic_particles, sample_perturbations
-from meta_train.unroll import TruncatedUnroll
+from meta_train.unroll import TruncatedUnroll, truncation_metrics
 
 Array = jax.Array
 
@@ -70,10 +70,5 @@ class FullHorizonES(Estimator):
         gradient = jax.tree.map(
             lambda e: jnp.mean(difference.reshape((-1,) + (1,) * (e.ndim - 1)) * e, axis=0) * scale, eps
         )
-        metrics = {
-            "meta_loss": jnp.mean(losses),
-            "inner_loss": jnp.mean(jnp.where(jnp.isfinite(result.raw_losses), result.raw_losses, 0.0)),
-            "num_nonfinite": jnp.sum(result.nonfinite),
-            "num_restarts": jnp.sum(result.resets[:, :-1].astype(jnp.int32)),
-        }
+        metrics = truncation_metrics(result, jnp.mean(losses), result.resets[:, :-1])
         return gradient, state + 1, metrics

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from meta_train.estimator import Estimator
-from meta_train.unroll import TaskState, TruncatedUnroll
+from meta_train.unroll import TaskState, TruncatedUnroll, truncation_metrics
 
 Array = jax.Array
 
@@ -107,10 +107,5 @@ class PES(Estimator):
         accumulator = jax.tree.map(
             lambda acc, e: jnp.where(restarted.reshape((-1,) + (1,) * (acc.ndim - 1)), e, acc), accumulated, eps
         )
-        metrics = {
-            "meta_loss": jnp.mean(result.meta_losses),
-            "inner_loss": jnp.mean(jnp.where(jnp.isfinite(result.raw_losses), result.raw_losses, 0.0)),
-            "num_nonfinite": jnp.sum(result.nonfinite),
-            "num_restarts": jnp.sum(result.resets.astype(jnp.int32)),
-        }
+        metrics = truncation_metrics(result, jnp.mean(result.meta_losses))
         return gradient, PESState(tasks=tasks, accumulator=accumulator), metrics

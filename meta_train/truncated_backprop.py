@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from meta_train.estimator import Estimator
-from meta_train.unroll import TaskState, TruncatedUnroll, map_over_tasks
+from meta_train.unroll import TaskState, TruncatedUnroll, map_over_tasks, truncation_metrics
 
 Array = jax.Array
 
@@ -65,10 +65,5 @@ class TruncatedBackprop(Estimator):
         (meta_loss, (tasks, result)), gradient = jax.value_and_grad(mean_meta_loss, has_aux=True)(meta_params)
         if mask is not None:
             gradient = jax.tree.map(lambda g, m: g * m.astype(g.dtype), gradient, mask)
-        metrics = {
-            "meta_loss": meta_loss,
-            "inner_loss": jnp.mean(jnp.where(jnp.isfinite(result.raw_losses), result.raw_losses, 0.0)),
-            "num_nonfinite": jnp.sum(result.nonfinite),
-            "num_restarts": jnp.sum(result.resets.astype(jnp.int32)),
-        }
+        metrics = truncation_metrics(result, meta_loss)
         return gradient, TruncatedBackpropState(jax.lax.stop_gradient(tasks)), metrics

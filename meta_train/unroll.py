@@ -156,6 +156,17 @@ class TruncatedUnroll:
         return lambda *args: spread(self.family, *args)
 
 
+def truncation_metrics(result: TruncationResult, meta_loss: Array, resets: Array = None) -> dict:
+    """Returns the scalar metrics every estimator reports for a batch of truncations."""
+    resets = result.resets if resets is None else resets
+    return {
+        "meta_loss": meta_loss,
+        "inner_loss": jnp.mean(jnp.where(jnp.isfinite(result.raw_losses), result.raw_losses, 0.0)),
+        "num_nonfinite": jnp.sum(result.nonfinite),
+        "num_restarts": jnp.sum(resets.astype(jnp.int32)),
+    }
+
+
 def map_over_tasks(fn, task_map: str):
     """Returns `fn` applied over the leading task axis of all its arguments, by 'vmap' or 'map'."""
     if task_map == "vmap":
