@@ -22,11 +22,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 
-from tasks.base import Array, Task, TaskError, TaskFamily, check_split
+from tasks.base import Array, TaskError, TaskFamily
 from tasks.datasets import ArrayDataset, is_image_dataset, load_dataset
-from tasks.mlp_image import ACTIVATIONS, IMAGE_DATASETS, apply_activation
+from tasks.mlp_image import ACTIVATIONS, IMAGE_DATASETS, ImageClassificationTask, apply_activation
 from tasks.registry import register
 from tasks.sampling import check_range, log_uniform, normal_draws, uniform_index
 
@@ -81,7 +80,7 @@ def apply_cnn(
     return features @ params["head"]["w"] + params["head"]["b"]
 
 
-class CNNImageTask(Task):
+class CNNImageTask(ImageClassificationTask):
     """One CNN classifier on a fixed image dataset: params {'conv_i': {'w', 'b'}, 'head': {'w', 'b'}}."""
 
     name = "cnn_image"
@@ -98,19 +97,9 @@ class CNNImageTask(Task):
         """Returns fan-in-scaled normal kernels times the task's init scale, and zero biases."""
         return init_cnn(key, self.shapes, self.data.num_classes, self.cfg["init_scale"])
 
-    def sample_batch(self, key: Array, split: str) -> Batch:
-        """Draws (x float32 [batch, height, width, channels], y int32 [batch]) inside jit."""
-        return self.data.sample(key, check_split(split), self.batch_size)
-
-    def loss(self, params: Params, key: Array, batch: Batch) -> Array:
-        """Returns the mean softmax cross-entropy of `params` on `batch` (float32)."""
-        x, y = batch
-        logits = apply_cnn(params, x, self.cfg["activation"], self.activations, self.pooling)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)).astype(jnp.float32)
-
-    def normalizer(self, loss: Array) -> Array:
-        """Returns loss / log(num_classes)."""
-        return loss / math.log(self.data.num_classes)
+    def apply(self, params: Params, x: Array) -> Array:
+        """Returns class logits [batch, num_classes] for the images `x`."""
+        return apply_cnn(params, x, self.cfg["activation"], self.activations, self.pooling)
 
 
 @register("cnn_image")

@@ -45,7 +45,32 @@ def apply_activation(index: Array, x: Array, names: Sequence[str] = tuple(ACTIVA
     return jax.lax.switch(jnp.clip(index, 0, len(branches) - 1), branches, x)
 
 
-class MLPImageTask(Task):
+class ImageClassificationTask(Task):
+    """A classifier of `self.data` trained with softmax cross-entropy; subclasses define `init` and `apply`."""
+
+    data: ArrayDataset
+    batch_size: int
+
+    def apply(self, params: Params, x: Array) -> Array:
+        """Returns class logits [batch, num_classes] for the images `x`."""
+        raise NotImplementedError
+
+    def sample_batch(self, key: Array, split: str) -> Batch:
+        """Draws (x float32 [batch, height, width, channels], y int32 [batch]) inside jit."""
+        return self.data.sample(key, check_split(split), self.batch_size)
+
+    def loss(self, params: Params, key: Array, batch: Batch) -> Array:
+        """Returns the mean softmax cross-entropy of `params` on `batch` (float32)."""
+        x, y = batch
+        logits = self.apply(params, x)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)).astype(jnp.float32)
+
+    def normalizer(self, loss: Array) -> Array:
+        """Returns loss / log(num_classes)."""
+        return loss / math.log(self.data.num_classes)
+
+
+class MLPImageTask(ImageClassificationTask):
     """One MLP classifier on a fixed image dataset: params {'layer_i': {'w', 'b'}}."""
 
     name = "mlp_image"
@@ -69,10 +94,6 @@ class MLPImageTask(Task):
                                     "b": jnp.zeros((fan_out,), jnp.float32)}
         return params
 
-    def sample_batch(self, key: Array, split: str) -> Batch:
-        """Draws (x float32 [batch, height, width, channels], y int32 [batch]) inside jit."""
-        return self.data.sample(key, check_split(split), self.batch_size)
-
     def apply(self, params: Params, x: Array) -> Array:
         """Returns class logits [batch, num_classes] for images or flat features `x`."""
         hidden = x.reshape(x.shape[0], -1)
@@ -85,15 +106,6 @@ class MLPImageTask(Task):
                 hidden = apply_activation(self.cfg["activation"], hidden, self.activations)
         return hidden
 
-    def loss(self, params: Params, key: Array, batch: Batch) -> Array:
-        """Returns the mean softmax cross-entropy of `params` on `batch` (float32)."""
-        x, y = batch
-        logits = self.apply(params, x)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)).astype(jnp.float32)
-
-    def normalizer(self, loss: Array) -> Array:
-        """Returns loss / log(num_classes)."""
-        return loss / math.log(self.data.num_classes)
 
 
 @register("mlp_image")
