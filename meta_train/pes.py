@@ -6,6 +6,7 @@ from typing import Any, Dict, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from meta_train.estimator import Estimator
 from meta_train.unroll import TaskState, TruncatedUnroll, truncation_metrics
@@ -30,10 +31,13 @@ def antithetic_particles(meta_params: Any, perturbations: Any) -> Any:
 def sample_perturbations(meta_params: Any, key: Array, num_tasks: int, std: float) -> Any:
     """Returns Gaussian perturbations with standard deviation `std`, one per task, shaped like meta_params."""
     leaves, treedef = jax.tree.flatten(meta_params)
-    keys = jax.random.split(key, len(leaves))
+    sizes = [int(np.prod(jnp.shape(x))) for x in leaves]
+    # One draw for all leaves: every random.normal call site compiles its own threefry and erf_inv code.
+    draws = std * jax.random.normal(key, (num_tasks, sum(sizes)), jnp.float32)
+    offsets = np.cumsum([0] + sizes)
     noise = [
-        std * jax.random.normal(k, (num_tasks,) + jnp.shape(x), jnp.float32).astype(jnp.result_type(x))
-        for k, x in zip(keys, leaves)
+        draws[:, offsets[i]:offsets[i + 1]].reshape((num_tasks,) + jnp.shape(x)).astype(jnp.result_type(x))
+        for i, x in enumerate(leaves)
     ]
     return jax.tree.unflatten(treedef, noise)
 

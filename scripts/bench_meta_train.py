@@ -49,7 +49,7 @@ import tasks  # noqa: E402
 
 
 def build(task_map: str, devices: int, args) -> meta_train.Trainer:
-    family = tasks.get("mlp_image", dataset="digits", hidden=(32, 32), batch_size=128)
+    family = tasks.get("mlp_image", dataset="digits", hidden=(32, 32), batch_size=128, activations=("relu",))
     parallelism = meta_train.TaskParallelism("shard_map" if devices > 1 else "none", devices)
     return meta_train.Trainer(
         family, lopt.get(args.optimizer), meta_train.PES(args.num_tasks, args.trunc_length, 0.01, task_map=task_map),

@@ -42,6 +42,8 @@ IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 def apply_activation(index: Array, x: Array, names: Sequence[str] = tuple(ACTIVATIONS)) -> Array:
     """Applies activation `names[index]` to `x` with lax.switch (the index may be traced)."""
     branches = [ACTIVATIONS[name] for name in names]
+    if len(branches) == 1:
+        return branches[0](x)
     return jax.lax.switch(jnp.clip(index, 0, len(branches) - 1), branches, x)
 
 
