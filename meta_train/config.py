@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
             "meta_loss": "train",
             "max_meta_loss": 10.0,
             "meta_learning_rate": 1e-3,
+            "meta_lr_decay_steps": 0,
+            "meta_lr_final_fraction": 0.1,
             "grad_clip": 1.0,
             "num_steps": 1000,
             "task_map": "vmap",
@@ -245,6 +247,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("std", "meta_learning_rate", "grad_clip", "max_meta_loss"):
         _require(float(mt[key]) > 0 and math.isfinite(float(mt[key])), f"meta_train.{key} must be positive, got {mt[key]}")
     _require(mt.accumulate >= 1, f"meta_train.accumulate must be >= 1, got {mt.accumulate}")
+    _require(int(mt.meta_lr_decay_steps) >= 0,
+             f"meta_train.meta_lr_decay_steps must be >= 0 (0: constant rate), got {mt.meta_lr_decay_steps}")
+    _require(0.0 < float(mt.meta_lr_final_fraction) <= 1.0,
+             f"meta_train.meta_lr_final_fraction must lie in (0, 1], got {mt.meta_lr_final_fraction}")
     if mt.estimator == "full_horizon_es":
         _require(mt.horizon == "constant", "meta_train.estimator='full_horizon_es' needs meta_train.horizon='constant'")
         _require(mt.loss_type in ("mean", "last"), f"meta_train.loss_type must be 'mean' or 'last', got {mt.loss_type!r}")
@@ -399,9 +405,13 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def build_meta_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Returns Adam with global-norm gradient clipping at the configured rate."""
+    """Returns Adam with global-norm gradient clipping; its rate is constant, or cosine-decays over
+    `meta_lr_decay_steps` meta-steps to `meta_lr_final_fraction` of `meta_learning_rate` and stays there."""
     mt = config.meta_train
-    return optax.chain(optax.clip_by_global_norm(mt.grad_clip), optax.adam(mt.meta_learning_rate))
+    rate = float(mt.meta_learning_rate)
+    if int(mt.meta_lr_decay_steps) > 0:
+        rate = optax.cosine_decay_schedule(rate, int(mt.meta_lr_decay_steps), float(mt.meta_lr_final_fraction))
+    return optax.chain(optax.clip_by_global_norm(mt.grad_clip), optax.adam(rate))
 
 
 class Run(NamedTuple):

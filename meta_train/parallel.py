@@ -7,6 +7,8 @@ tasks with vmap (or lax.map), and reductions over tasks become cross-device mean
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Callable, Optional
 
 import jax
@@ -15,6 +17,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 TASK_AXIS = "tasks"
 MODES = ("none", "shard_map", "pmap")
+
+
+def force_host_devices(count: int) -> None:
+    """Splits this process's CPU into `count` XLA devices (each runs its own thread), for shard_map over tasks.
+
+    On a CPU host one XLA program of small ops keeps the cores poorly busy; `count` devices
+    running their share of the tasks concurrently use them better. Must be called before JAX
+    starts its CPU backend (before the first array is made); raises RuntimeError after that.
+    """
+    if count < 1:
+        raise ValueError(f"host device count must be >= 1, got {count}")
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    if jax.default_backend() == "cpu" and jax.device_count() != count:
+        raise RuntimeError(
+            f"JAX's CPU backend already started with {jax.device_count()} device(s); "
+            f"set XLA_FLAGS=--xla_force_host_platform_device_count={count} before running"
+        )
 
 
 class TaskParallelism:

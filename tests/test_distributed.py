@@ -156,3 +156,24 @@ def test_importing_the_packages_does_not_start_jax_backends():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+def test_force_host_devices_splits_the_cpu_and_refuses_once_the_backend_runs():
+    code = textwrap.dedent(
+        """
+        import os, jax
+        from meta_train.parallel import force_host_devices
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        force_host_devices(3)
+        print(jax.device_count(), os.environ["XLA_FLAGS"].count("device_count"))
+        try:
+            force_host_devices(4)
+        except RuntimeError as err:
+            print("refused:", err)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "3 1"
+    assert lines[1].startswith("refused: JAX's CPU backend already started with 3 device(s)")

@@ -110,6 +110,24 @@ def test_export_command_and_loaded_optimizer_give_identical_updates(tmp_path, ti
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def test_meta_learning_rate_cosine_decays_to_its_final_fraction():
+    config = config_lib.base_config()
+    config.meta_train.meta_learning_rate = 1e-2
+    config.meta_train.meta_lr_decay_steps = 10
+    config.meta_train.meta_lr_final_fraction = 0.2
+    meta_optimizer = config_lib.build_meta_optimizer(config)
+    params = {"x": np.zeros(3, np.float32)}
+    gradient = {"x": np.full(3, 0.01, np.float32)}  # below the clip, so Adam's step is the rate
+    state = meta_optimizer.init(params)
+    steps = []
+    for _ in range(14):
+        updates, state = meta_optimizer.update(gradient, state, params)
+        steps.append(-float(updates["x"][0]))
+    np.testing.assert_allclose(steps[0], 1e-2, rtol=1e-3)
+    assert steps[0] > steps[5] > steps[10]
+    np.testing.assert_allclose(steps[10:], 2e-3, rtol=1e-3)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -119,6 +137,7 @@ def test_export_command_and_loaded_optimizer_give_identical_updates(tmp_path, ti
         ("--config.task.family=mlp", "unknown task family 'mlp'"),
         ("--config.optimizer.name=adamm", "unknown optimizer 'adamm'"),
         ("--config.meta_train.estimator=reinforce", "meta_train.estimator must be one of"),
+        ("--config.meta_train.meta_lr_final_fraction=0", "meta_lr_final_fraction must lie in (0, 1]"),
     ],
 )
 def test_config_mistakes_are_one_line_errors(tmp_path, tiny_config, capsys, override, message):
