@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -14,15 +14,19 @@ MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 
 
-def update_emas(emas: Array, value: Array, decays: Array) -> Array:
-    """Returns exponential moving averages `emas[..., k]` of `value` advanced one step with `decays[k]` (no bias correction)."""
-    return emas * decays + value[..., None] * (1.0 - decays)
+def update_emas(emas: Array, value: Array, decays: Array, channel_axis: int = -1) -> Array:
+    """Returns exponential moving averages of `value` advanced one step (no bias correction); channel k
+    along `channel_axis` of `emas` decays with `decays[k]`."""
+    shape = [1] * emas.ndim
+    shape[channel_axis] = -1
+    decays = jnp.reshape(decays, shape)
+    return emas * decays + jnp.expand_dims(value, channel_axis) * (1.0 - decays)
 
 
-def second_moment_normalize(features: Array, eps: float = 1e-5) -> Array:
-    """Scales each channel (last axis) of `features` by the rsqrt of its mean square over all other axes."""
+def second_moment_normalize(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
+    """Scales each channel (along `channel_axis`) of `features` by the rsqrt of its mean square over all other axes."""
     features = clip_magnitude(features)
-    reduce_axes = tuple(range(features.ndim - 1))
+    reduce_axes = tuple(a for a in range(features.ndim) if a != channel_axis % features.ndim)
     mean_square = jnp.mean(jnp.square(features), axis=reduce_axes, keepdims=True)
     return features * jax.lax.rsqrt(eps + mean_square)
 
@@ -37,46 +41,6 @@ def time_features(step: Array, scales: Sequence[float] = TIME_SCALES) -> Array:
     return jnp.tanh(jnp.asarray(step, jnp.float32) / jnp.asarray(scales, jnp.float32) - 1.0)
 
 
-def flatten_tree(tree: Any) -> Array:
-    """Returns every leaf of `tree` raveled and concatenated in tree order, as float32 [total size]."""
-    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)])
-
-
 def leaf_sizes(tree: Any) -> Tuple[int, ...]:
     """Returns the static number of elements of each leaf of `tree`, in tree order."""
     return tuple(int(np.prod(jnp.shape(x))) for x in jax.tree.leaves(tree))
-
-
-def unflatten_like(flat: Array, tree: Any) -> Any:
-    """Splits a flat vector back into the shapes and dtypes of `tree`'s leaves."""
-    leaves, treedef = jax.tree.flatten(tree)
-    offsets = np.cumsum([0] + list(leaf_sizes(tree)))
-    pieces = [
-        flat[offsets[i]:offsets[i + 1]].reshape(jnp.shape(x)).astype(x.dtype) for i, x in enumerate(leaves)
-    ]
-    return jax.tree.unflatten(treedef, pieces)
-
-
-def normalize_segments(rows: Array, sizes: Sequence[int], eps: float = 1e-5) -> Array:
-    """Applies second_moment_normalize to each consecutive segment of `rows` ([sum(sizes), channels]) separately.
-
-    Inputs are first clipped to +-1e18 so that their squares cannot overflow float32.
-    """
-    rows = clip_magnitude(rows)
-    offsets = np.cumsum([0] + list(sizes))
-    scales = []
-    for start, stop in zip(offsets[:-1], offsets[1:]):
-        mean_square = jnp.mean(jnp.square(rows[start:stop]), axis=0)
-        scales.append(jnp.broadcast_to(jax.lax.rsqrt(eps + mean_square), (stop - start, rows.shape[1])))
-    return rows * jnp.concatenate(scales, axis=0)
-
-
-def map_in_blocks(fn: Callable[[Array], Array], rows: Array, block_size: int) -> Array:
-    """Returns fn applied to `rows` ([n, ...] -> [n]) block by block with lax.map when n > block_size."""
-    num_rows = rows.shape[0]
-    if num_rows <= block_size:
-        return fn(rows)
-    num_blocks = -(-num_rows // block_size)
-    padded = jnp.pad(rows, [(0, num_blocks * block_size - num_rows)] + [(0, 0)] * (rows.ndim - 1))
-    blocks = padded.reshape((num_blocks, block_size) + rows.shape[1:])
-    return jax.lax.map(fn, blocks).reshape(-1)[:num_rows]

@@ -45,9 +45,8 @@ def apply_mlp_hidden(params: MetaParams, first_layer: Array, num_layers: int) ->
 def channel_major_features(grad: Array, param: Array, momenta: Array) -> Array:
     """Returns one tensor's MLP inputs `[2 + num_decays, size]`: gradient, parameter and momenta rows, each
     scaled by the rsqrt of its mean square over the tensor (inputs clipped to +-1e18 first)."""
-    rows = features.clip_magnitude(jnp.concatenate([grad[None], param[None], momenta], axis=0))
-    mean_square = jnp.mean(jnp.square(rows), axis=1, keepdims=True)
-    return rows * jax.lax.rsqrt(1e-5 + mean_square)
+    rows = jnp.concatenate([grad[None], param[None], momenta], axis=0)
+    return features.second_moment_normalize(rows, channel_axis=0)
 
 
 def pack_columns(pieces: Sequence[Array], width: int) -> Array:
@@ -120,7 +119,7 @@ class MLPLOpt(LearnedOptimizer):
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax transformation that applies the MLP with weights `meta_params`."""
-        decays = jnp.asarray(self.momentum_decays, jnp.float32)[:, None]
+        decays = jnp.asarray(self.momentum_decays, jnp.float32)
         num_decays = len(self.momentum_decays)
         num_layers = len(self.hidden_sizes) + 1
         num_param_features = self.num_param_features
@@ -151,7 +150,7 @@ class MLPLOpt(LearnedOptimizer):
                     f"optimizer state holds momenta for {len(state.momenta)} tensors, params have {len(param_leaves)}"
                 )
             chex.assert_shape(list(state.momenta), [(num_decays, g.shape[0]) for g in grad_leaves])
-            momenta = [m * decays + g[None] * (1.0 - decays) for m, g in zip(state.momenta, grad_leaves)]
+            momenta = [features.update_emas(m, g, decays, channel_axis=0) for m, g in zip(state.momenta, grad_leaves)]
             inputs = [
                 channel_major_features(g, jnp.ravel(p).astype(jnp.float32), m)
                 for g, p, m in zip(grad_leaves, param_leaves, momenta)

@@ -30,10 +30,10 @@ def parse_args(argv=None):
 
 
 ARGS = parse_args()
+from meta_train.parallel import force_host_devices  # noqa: E402  (imports jax; its backend starts later)
+
 if max(ARGS.devices) > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={max(ARGS.devices)}"
-    )
+    force_host_devices(max(ARGS.devices))
 
 import json  # noqa: E402
 import platform  # noqa: E402

@@ -20,8 +20,10 @@ PARSER.add_argument("--horizon", type=int, default=200)
 PARSER.add_argument("--meta-steps", type=int, default=10)
 PARSER.add_argument("--out", default="benchmarks/scaling.json")
 ARGS = PARSER.parse_args()
+from meta_train.parallel import force_host_devices  # noqa: E402  (imports jax; its backend starts later)
+
 if max(ARGS.devices) > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={max(ARGS.devices)}"
+    force_host_devices(max(ARGS.devices))
 
 import json  # noqa: E402
 import time  # noqa: E402
