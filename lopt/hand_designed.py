@@ -122,3 +122,42 @@ class RMSProp(HandDesigned):
     def base_transformation(self, learning_rate: Array) -> optax.GradientTransformation:
         """Returns optax.rmsprop."""
         return optax.rmsprop(learning_rate, decay=self.decay, eps=self.eps)
+
+
+@register("adam_cosine")
+class AdamCosine(Adam):
+    """Adam under a linear-warmup, cosine-decay schedule spanning the run's `num_steps`.
+
+    The learning rate rises from 0 over the first `warmup_fraction` of the run and decays to
+    `final_fraction` times its peak at `num_steps`: the usual stronger hand-designed reference
+    for a fixed step budget. The optimizer needs `num_steps`.
+    """
+
+    def __init__(self, learning_rate: float = 1e-3, warmup_fraction: float = 0.05, final_fraction: float = 0.01):
+        super().__init__(learning_rate)
+        if not (0.0 <= warmup_fraction < 1.0 and 0.0 <= final_fraction <= 1.0):
+            raise ValueError(
+                f"need 0 <= warmup_fraction < 1 and 0 <= final_fraction <= 1; got {warmup_fraction}, {final_fraction}")
+        self.warmup_fraction, self.final_fraction = float(warmup_fraction), float(final_fraction)
+
+    def optimizer(
+        self, meta_params: MetaParams, *, num_steps: NumSteps = None
+    ) -> optax.GradientTransformationExtraArgs:
+        """Returns Adam whose step size follows the warmup-cosine schedule over `num_steps` steps."""
+        if num_steps is None:
+            raise ValueError("adam_cosine needs the run length: call optimizer(meta_params, num_steps=N)")
+        learning_rate = jnp.exp(meta_params["log_learning_rate"])
+        total = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+        warmup = self.warmup_fraction * total
+        final_fraction = self.final_fraction
+
+        def step_size(count: Array) -> Array:
+            t = jnp.asarray(count, jnp.float32)
+            ramp = jnp.where(warmup > 0, jnp.minimum((t + 1.0) / jnp.maximum(warmup, 1.0), 1.0), 1.0)
+            progress = jnp.clip((t - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+            decay = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+            return -learning_rate * ramp * decay
+
+        adam = optax.chain(
+            optax.scale_by_adam(b1=self.b1, b2=self.b2, eps=self.eps), optax.scale_by_schedule(step_size))
+        return keep_gradient_dtype(optax.with_extra_args_support(adam))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import features
+from lopt import schedule_features
 from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
 
 Array = jax.Array
@@ -71,6 +72,10 @@ class MLPLOpt(LearnedOptimizer):
     its second moment, plus eleven time features tanh(t / tau - 1). The update is
     `-direction * exp(magnitude * exp_mult) * step_mult`.
 
+    With `fraction_features=True` the MLP also reads how much of the run is done,
+    `t / num_steps` (schedule_features.fraction_features), so it can learn a schedule relative to
+    the run's length; such an optimizer should be built with `num_steps` (None means 10,000).
+
     Every parameter of the model is one column of a channel-major `[features, num_params]`
     array, so each layer is one `[hidden, in] @ [in, columns]` matmul over all tensors at once;
     models larger than `block_size` parameters are processed `block_size` columns at a time so
@@ -85,6 +90,7 @@ class MLPLOpt(LearnedOptimizer):
         momentum_decays: Tuple[float, ...] = features.MOMENTUM_DECAYS,
         time_scales: Tuple[float, ...] = features.TIME_SCALES,
         block_size: int = 32768,
+        fraction_features: bool = False,
     ):
         if not all(int(h) >= 1 for h in hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive widths, got {tuple(hidden_sizes)}")
@@ -100,6 +106,7 @@ class MLPLOpt(LearnedOptimizer):
         self.momentum_decays = tuple(float(d) for d in momentum_decays)
         self.time_scales = tuple(float(t) for t in time_scales)
         self.block_size = int(block_size)
+        self.fraction_features = bool(fraction_features)
 
     @property
     def num_param_features(self) -> int:
@@ -108,8 +115,9 @@ class MLPLOpt(LearnedOptimizer):
 
     @property
     def num_inputs(self) -> int:
-        """Total MLP inputs: per-parameter features plus time features."""
-        return self.num_param_features + len(self.time_scales)
+        """Total MLP inputs: per-parameter features, time features and (optionally) training-fraction features."""
+        num_fraction = schedule_features.NUM_FRACTION_FEATURES if self.fraction_features else 0
+        return self.num_param_features + len(self.time_scales) + num_fraction
 
     def init(self, key: Array) -> MetaParams:
         """Returns the MLP weights: num_inputs -> hidden_sizes -> 2."""
@@ -125,6 +133,7 @@ class MLPLOpt(LearnedOptimizer):
         num_param_features = self.num_param_features
         step_mult, exp_mult, time_scales = self.step_mult, self.exp_mult, self.time_scales
         block_size = self.block_size
+        use_fraction = self.fraction_features
 
         def init_fn(params):
             return MLPLOptState(
@@ -160,6 +169,9 @@ class MLPLOpt(LearnedOptimizer):
             columns = pack_columns(inputs, num_blocks * block_size if num_blocks > 1 else num_params)
 
             time_input = features.time_features(state.iteration, time_scales)
+            if use_fraction:
+                fraction = schedule_features.training_fraction(state.iteration, num_steps)
+                time_input = jnp.concatenate([time_input, schedule_features.fraction_features(fraction)])
             w0 = meta_params["w0"]
             first_bias = (time_input @ w0[num_param_features:] + meta_params["b0"])[:, None]
             first_weight = w0[:num_param_features].T

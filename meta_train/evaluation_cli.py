@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"named task (repeatable): {', '.join(sorted(evaluation_run.NAMED_TASKS))}")
     p.add_argument("--config", help="meta-training config file: evaluate on its task family (and data_dir)")
     p.add_argument("--baselines", nargs="*", default=["adam"],
-                   help="hand-designed baselines: adam adamw sgd sgd_momentum (or sgd+momentum) rmsprop")
+                   help="hand-designed baselines: adam adam_cosine adamw sgd sgd_momentum (or sgd+momentum) rmsprop")
     p.add_argument("--learning-rates", nargs="+", type=float, default=list(evaluation_run.DEFAULT_LEARNING_RATES),
                    help="grid each baseline's learning rate is picked from, per task (default 1e-4..1, 9 values)")
     p.add_argument("--reference", default=None,

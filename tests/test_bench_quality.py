@@ -40,7 +40,7 @@ def test_half_minute_benchmark_on_digits_writes_json_and_summary(tmp_path):
     argv = ["--minutes", "0.5", "--workdir", str(tmp_path / "work"), "--data-dir", str(DATA), "--out", str(out),
             "--dataset", "digits", "--ood-dataset", "mnist", "--hidden", "16", "--horizon-min", "20",
             "--horizon-max", "40", "--trunc-length", "10", "--num-tasks", "4", "--eval-tasks", "2", "--seeds", "0",
-            "--learning-rates", "1e-2", "1e-1", "--no-progress"]
+            "--learning-rates", "1e-2", "1e-1", "--fraction-features", "--no-progress"]
     bench(argv, tmp_path)
     result = json.loads(out.read_text())
     training = result["training"]
@@ -48,6 +48,9 @@ def test_half_minute_benchmark_on_digits_writes_json_and_summary(tmp_path):
     assert 30 <= training["train_seconds"] < 90
     assert set(result["targets"]) == {"in_distribution", "ood_4x_wider", "ood_2x_deeper", "ood_5x_horizon", "ood_mnist"}
     assert result["evaluation"]["settings"]["ood_5x_horizon"]["meta_trained"]["speedup"]["runs"] == 2
+    assert result["targets"]["in_distribution"]["adam_cosine_median"] >= 0
+    assert "adam_cosine (tuned lr)" in result["evaluation"]["settings"]["ood_mnist"]
+    assert lopt.export.load(tmp_path / "work" / "meta_trained.lopt").optimizer.fraction_features
     summary = out.with_suffix(".md").read_text()
     assert "python scripts/bench_quality.py --minutes 0.5" in summary and "| in_distribution |" in summary
     loaded = json.loads((tmp_path / "work" / "meta_train" / "train_seconds.json").read_text())

@@ -145,3 +145,46 @@ def test_hand_designed_learning_rate_is_the_meta_parameter():
     tx = adam.optimizer(theta)
     updates, _ = tx.update(params, tx.init(params), params)
     np.testing.assert_allclose(np.asarray(updates["x"]), -0.05, rtol=1e-4)
+
+
+def test_adam_cosine_warms_up_then_decays_to_its_final_fraction():
+    adam_cosine = lopt.get("adam_cosine", learning_rate=0.1, warmup_fraction=0.1, final_fraction=0.01)
+    tx = adam_cosine.optimizer(adam_cosine.init(None), num_steps=100)
+    params = {"x": jnp.zeros(2)}
+    grads = {"x": jnp.ones(2)}
+    state = tx.init(params)
+    step_sizes = []
+    for _ in range(100):
+        updates, state = tx.update(grads, state, params)
+        step_sizes.append(-float(updates["x"][0]))  # Adam's direction is 1 for a constant unit gradient
+    step_sizes = np.asarray(step_sizes)
+    np.testing.assert_allclose(step_sizes[0], 0.1 / 10, rtol=1e-3)
+    np.testing.assert_allclose(step_sizes[9], 0.1, rtol=1e-3)
+    assert np.all(np.diff(step_sizes[:10]) > 0) and np.all(np.diff(step_sizes[10:]) < 0)
+    np.testing.assert_allclose(step_sizes[-1], 0.1 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 89 / 90))), rtol=1e-3)
+    with pytest.raises(ValueError, match="needs the run length"):
+        adam_cosine.optimizer(adam_cosine.init(None))
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        lopt.get("adam_cosine", warmup_fraction=1.5)
+
+
+def test_mlp_lopt_fraction_features_make_the_update_depend_on_the_run_length():
+    params = mixed_params()
+    grads = gradients_of(params)
+    plain = lopt.MLPLOpt()
+    with_fraction = lopt.MLPLOpt(fraction_features=True)
+    theta = with_fraction.init(jax.random.key(3))
+    assert theta["w0"].shape == (plain.num_inputs + 6, 32)
+
+    def update_at(optimizer, meta_params, num_steps):
+        tx = optimizer.optimizer(meta_params, num_steps=num_steps)
+        state = tx.init(params)._replace(iteration=jnp.asarray(50, jnp.int32))
+        return tx.update(grads, state, params)[0]["matrix"]
+
+    short, long = update_at(with_fraction, theta, 100), update_at(with_fraction, theta, 1000)
+    assert not np.allclose(np.asarray(short), np.asarray(long))
+    plain_theta = plain.init(jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(update_at(plain, plain_theta, 100)),
+                                  np.asarray(update_at(plain, plain_theta, 1000)))
+    rebuilt = lopt.get("mlp", **with_fraction.config)
+    assert rebuilt.fraction_features and rebuilt.num_inputs == with_fraction.num_inputs
