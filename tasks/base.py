@@ -114,10 +114,22 @@ class TaskFamily:
         raise NotImplementedError
 
     def _split_attributes(self):
+        # A copy made by unflattening keeps its original's split: JAX unflattens families with
+        # placeholder leaves (e.g. when lowering ahead of time), which must not turn data static.
+        known_dynamic = self.__dict__.get("_dynamic_names", frozenset())
+        known_static = self.__dict__.get("_static_names", frozenset())
         dynamic, static = [], []
         for key in sorted(vars(self)):
+            if key in ("_dynamic_names", "_static_names"):
+                continue
             value = vars(self)[key]
-            (dynamic if _is_array_tree(value) else static).append((key, value))
+            if key in known_dynamic:
+                is_dynamic = True
+            elif key in known_static:
+                is_dynamic = False
+            else:
+                is_dynamic = _is_array_tree(value)
+            (dynamic if is_dynamic else static).append((key, value))
         return dynamic, static
 
     def _tree_flatten(self):
@@ -137,6 +149,8 @@ class TaskFamily:
             object.__setattr__(obj, key, value)
         for key, value in zip(names, children):
             object.__setattr__(obj, key, value)
+        object.__setattr__(obj, "_dynamic_names", frozenset(names))
+        object.__setattr__(obj, "_static_names", frozenset(key for key, _ in static.items))
         return obj
 
 

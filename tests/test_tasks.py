@@ -106,6 +106,9 @@ def test_family_passes_through_jit_as_argument(name):
     closed = jax.make_jaxpr(lambda fam, k: fam.task(fam.sample(k)).init(k))(family, key)
     assert len(closed.jaxpr.invars) == len(jax.tree.leaves(family)) + 1
     assert all(np.size(const) < 1000 for const in closed.consts), "family arrays were baked in as constants"
+    compiled = init.lower(family, key).compile()  # ahead of time: JAX unflattens the family with placeholder leaves
+    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(compiled(family, key))[0]),
+                                  np.asarray(jax.tree.leaves(params)[0]))
 
 
 def test_activation_switch_differs_across_indices():
