@@ -57,6 +57,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--step-mult", type=float, default=1e-2)
     p.add_argument("--fraction-features", action="store_true",
                    help="small_fc_lopt also reads the fraction of the run done (t / num_steps)")
+    p.add_argument("--time-scales", nargs="+", type=float, default=None,
+                   help="small_fc_lopt's time-feature scales tanh(t / scale - 1) (default: lopt.features.TIME_SCALES)")
     p.add_argument("--baselines", nargs="+", default=["adam", "adam_cosine"],
                    help="hand-designed baselines, each tuned per task; adam is the speedup reference")
     p.add_argument("--host-devices", type=int, default=1,
@@ -83,6 +85,8 @@ def meta_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config.optimizer.kwargs = ml_collections.ConfigDict(
         {"hidden_sizes": (32, 32), "step_mult": args.step_mult, "exp_mult": 1e-3,
          "fraction_features": bool(args.fraction_features)})
+    if args.time_scales:
+        config.optimizer.kwargs.time_scales = tuple(args.time_scales)
     mt = config.meta_train
     mt.estimator = "pes"
     mt.num_tasks = args.num_tasks

@@ -40,13 +40,16 @@ def mlp_loss(params, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
 
 
-def make_step(tx):
+DOT_FUSION_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def make_step(tx, compiler_options=None):
     def step(params, opt_state, x, y):
         loss, grads = jax.value_and_grad(mlp_loss)(params, x, y)
         updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options)
 
 
 def tree_bytes(tree) -> int:
@@ -56,13 +59,13 @@ def tree_bytes(tree) -> int:
 class Runner:
     """One optimizer on one model: a jitted step and its live state."""
 
-    def __init__(self, optimizer, sizes, x, y):
+    def __init__(self, optimizer, sizes, x, y, compiler_options=None):
         tx = optimizer.optimizer(optimizer.init(jax.random.key(0)), num_steps=10_000)
         self.params = init_mlp(jax.random.key(1), sizes)
         self.num_params = sum(p.size for p in jax.tree.leaves(self.params))
         self.opt_state = jax.tree.map(lambda x: jnp.array(x, copy=True), tx.init(self.params))  # donation needs distinct buffers
         self.state_bytes_per_param = tree_bytes(self.opt_state) / self.num_params
-        self.step = make_step(tx)
+        self.step = make_step(tx, compiler_options)
         self.x, self.y = x, y
         began = time.perf_counter()
         self.run(1)
@@ -77,12 +80,15 @@ class Runner:
         return time.perf_counter() - began
 
 
-def benchmark(names, model: str, chunks: int, chunk_steps: int):
+def benchmark(names, model: str, chunks: int, chunk_steps: int, dot_fusion: bool = False):
     sizes = MODELS[model]
     key = jax.random.key(2)
     x = jax.random.normal(key, (128, sizes[0]))
     y = jax.random.randint(key, (128,), 0, sizes[-1])
     runners = {name: Runner(lopt.get(name), sizes, x, y) for name in ["adam", *names]}
+    if dot_fusion:
+        runners.update({f"{name}+dotfusion": Runner(lopt.get(name), sizes, x, y, DOT_FUSION_OPTIONS)
+                        for name in ["adam", *names]})
     times = {name: [] for name in runners}
     for _ in range(chunks):
         for name, runner in runners.items():
@@ -114,12 +120,14 @@ def main():
     parser.add_argument("--chunks", type=int, default=30)
     parser.add_argument("--chunk-steps", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/step.json")
+    parser.add_argument("--dot-fusion", action="store_true",
+                        help="also time every optimizer with XLA:CPU fusing dots with their elementwise neighbours")
     args = parser.parse_args()
     names = args.optimizers if args.optimizers is not None else learned_optimizer_names()
     report = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "machine": platform.processor() or platform.machine(),
               "cpu_count": __import__("os").cpu_count(), "jax": jax.__version__, "models": {}}
     for model in args.models:
-        results = benchmark(names, model, args.chunks, args.chunk_steps)
+        results = benchmark(names, model, args.chunks, args.chunk_steps, args.dot_fusion)
         report["models"][model] = results
         print(f"\n{model} MLP {MODELS[model]} ({results['adam']['num_params']:,} params), batch 128, "
               f"median of {args.chunks} chunks x {args.chunk_steps} steps")

@@ -40,7 +40,8 @@ def test_half_minute_benchmark_on_digits_writes_json_and_summary(tmp_path):
     argv = ["--minutes", "0.5", "--workdir", str(tmp_path / "work"), "--data-dir", str(DATA), "--out", str(out),
             "--dataset", "digits", "--ood-dataset", "mnist", "--hidden", "16", "--horizon-min", "20",
             "--horizon-max", "40", "--trunc-length", "10", "--num-tasks", "4", "--eval-tasks", "2", "--seeds", "0",
-            "--learning-rates", "1e-2", "1e-1", "--fraction-features", "--no-progress"]
+            "--learning-rates", "1e-2", "1e-1", "--fraction-features", "--time-scales", "1", "10", "100",
+            "--no-progress"]
     bench(argv, tmp_path)
     result = json.loads(out.read_text())
     training = result["training"]
@@ -50,7 +51,8 @@ def test_half_minute_benchmark_on_digits_writes_json_and_summary(tmp_path):
     assert result["evaluation"]["settings"]["ood_5x_horizon"]["meta_trained"]["speedup"]["runs"] == 2
     assert result["targets"]["in_distribution"]["adam_cosine_median"] >= 0
     assert "adam_cosine (tuned lr)" in result["evaluation"]["settings"]["ood_mnist"]
-    assert lopt.export.load(tmp_path / "work" / "meta_trained.lopt").optimizer.fraction_features
+    shipped = lopt.export.load(tmp_path / "work" / "meta_trained.lopt").optimizer
+    assert shipped.fraction_features and shipped.time_scales == (1.0, 10.0, 100.0)
     summary = out.with_suffix(".md").read_text()
     assert "python scripts/bench_quality.py --minutes 0.5" in summary and "| in_distribution |" in summary
     loaded = json.loads((tmp_path / "work" / "meta_train" / "train_seconds.json").read_text())
@@ -79,3 +81,22 @@ def test_time_budget_stops_checkpoints_and_exports_then_resumes(tmp_path):
     again = run.meta_train(config, workdir, show_progress=False, max_seconds=budget)
     assert again["meta_steps"] == first["meta_steps"] and again["meta_params_sha256"] == first["meta_params_sha256"]
     assert again["train_seconds"] == pytest.approx(first["train_seconds"])
+
+
+def test_schedule_ceiling_compares_cosine_budgets_with_tuned_adam(tmp_path):
+    out = tmp_path / "ceiling.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "bench_schedule_ceiling.py"), "--dataset", "digits", "--hidden",
+         "16", "--steps", "60", "--fractions", "1", "0.1", "--num-tasks", "2", "--seeds", "0", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    full, tenth = result["adam_cosine"]
+    assert (full["steps"], tenth["steps"]) == (60, 6)
+    assert full["final_train_loss"] < tenth["final_train_loss"]  # tuned, 10x the steps must train further
+    assert full["reached"] == (full["final_train_loss"] <= result["reference"]["final_train_loss"])
+    assert "largest measured speedup" in done.stdout
+    bad = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bench_schedule_ceiling.py"), "--fractions", "2"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--fractions must lie in (0, 1]" in bad.stderr
