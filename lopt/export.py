@@ -376,22 +376,29 @@ def _init_mismatch(optimizer: base.LearnedOptimizer, meta_params: Any) -> Option
     return None
 
 
-def load(path: PathLike) -> LoadedOptimizer:
-    """Reads an export file and rebuilds its optimizer from the registry, ready to use."""
+def load(path: PathLike, **config_overrides: Any) -> LoadedOptimizer:
+    """Reads an export file and rebuilds its optimizer from the registry, ready to use.
+
+    `config_overrides` replace stored constructor arguments that change how the update is computed,
+    not what it computes (say `concurrent_chunks=2` for small_fc_lopt); the meta-parameters must
+    still fit the rebuilt optimizer.
+    """
     exported = read(path)
     if exported.name not in base.registered_names():
         raise _error(path, f"optimizer {exported.name!r} is not registered in this version of "
                            f"lopt (registered: {', '.join(base.registered_names()) or 'none'})")
+    config = {**exported.config, **config_overrides}
     try:
-        optimizer = base.get(exported.name, **exported.config)
+        optimizer = base.get(exported.name, **config)
     except Exception as exc:
-        raise _error(path, f"cannot rebuild optimizer {exported.name!r} from its stored config "
+        source = f"stored config with overrides {config_overrides}" if config_overrides else "stored config"
+        raise _error(path, f"cannot rebuild optimizer {exported.name!r} from its {source} "
                            f"({type(exc).__name__}: {exc})") from None
     if mismatch := _init_mismatch(optimizer, exported.meta_params):
         raise _error(path, mismatch)
     meta_params = jax.tree.map(jnp.asarray, exported.meta_params)
     return LoadedOptimizer(optimizer, meta_params, exported.provenance, exported.name,
-                           exported.config, exported.format_version)
+                           config, exported.format_version)
 
 
 __all__ = ["ExportError", "Exported", "LoadedOptimizer", "save", "read", "load",

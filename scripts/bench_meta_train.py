@@ -25,6 +25,8 @@ def parse_args(argv=None):
     parser.add_argument("--meta-steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--optimizer", default="mlp")
+    parser.add_argument("--concurrent-chunks", nargs="*", type=int, default=[None],
+                        help="mlp only: values of small_fc_lopt's concurrent_chunks to compare (default: its own)")
     parser.add_argument("--out", default="benchmarks/meta_train.json")
     return parser.parse_args(argv)
 
@@ -48,11 +50,12 @@ import meta_train  # noqa: E402
 import tasks  # noqa: E402
 
 
-def build(task_map: str, devices: int, args) -> meta_train.Trainer:
+def build(task_map: str, devices: int, chunks, args) -> meta_train.Trainer:
     family = tasks.get("mlp_image", dataset="digits", hidden=(32, 32), batch_size=128, activations=("relu",))
     parallelism = meta_train.TaskParallelism("shard_map" if devices > 1 else "none", devices)
     return meta_train.Trainer(
-        family, lopt.get(args.optimizer), meta_train.PES(args.num_tasks, args.trunc_length, 0.01, task_map=task_map),
+        family, lopt.get(args.optimizer, **({} if chunks is None else {"concurrent_chunks": chunks})),
+        meta_train.PES(args.num_tasks, args.trunc_length, 0.01, task_map=task_map),
         meta_train.ConstantHorizon(args.horizon), optax.adam(1e-3), parallelism=parallelism,
     )
 
@@ -71,12 +74,13 @@ def measure(trainer: meta_train.Trainer, args):
 
 def main():
     args = ARGS
-    setups = [(task_map, devices) for devices in args.devices for task_map in args.task_maps]
+    setups = [(task_map, devices, chunks) for devices in args.devices for task_map in args.task_maps
+              for chunks in args.concurrent_chunks]
     runs = {}
-    for task_map, devices in setups:
-        trainer = build(task_map, devices, args)
+    for task_map, devices, chunks in setups:
+        trainer = build(task_map, devices, chunks, args)
         state, init_seconds, first_step_seconds = measure(trainer, args)
-        runs[(task_map, devices)] = {"trainer": trainer, "state": state, "rates": [],
+        runs[(task_map, devices, chunks)] = {"trainer": trainer, "state": state, "rates": [],
                                      "init_seconds": init_seconds, "first_step_seconds": first_step_seconds}
     for _ in range(args.repeats):
         for run in runs.values():
@@ -93,13 +97,14 @@ def main():
               "results": []}
     print(f"PES meta-training, {args.optimizer} on digits MLP 64-32-32-10, {args.num_tasks} tasks x 2 particles, "
           f"truncation {args.trunc_length}, horizon {args.horizon}")
-    print(f"{'task_map':<10}{'devices':>8}{'inner steps/s':>15}{'x first':>9}{'init s':>8}{'1st step s':>12}")
-    for (task_map, devices), run in runs.items():
+    print(f"{'task_map':<10}{'devices':>8}{'chunks':>7}{'inner steps/s':>15}{'x first':>9}{'init s':>8}{'1st step s':>12}")
+    for (task_map, devices, chunks), run in runs.items():
         rate = float(np.median(run["rates"]))
-        row = {"task_map": task_map, "devices": devices, "inner_steps_per_s": rate, "ratio_to_first": rate / baseline,
+        row = {"task_map": task_map, "devices": devices, "concurrent_chunks": chunks,
+               "inner_steps_per_s": rate, "ratio_to_first": rate / baseline,
                "init_compile_seconds": run["init_seconds"], "first_meta_step_seconds": run["first_step_seconds"]}
         report["results"].append(row)
-        print(f"{task_map:<10}{devices:>8}{rate:>15,.0f}{rate / baseline:>9.2f}{run['init_seconds']:>8.2f}"
+        print(f"{task_map:<10}{devices:>8}{'-' if chunks is None else chunks:>7}{rate:>15,.0f}{rate / baseline:>9.2f}{run['init_seconds']:>8.2f}"
               f"{run['first_step_seconds']:>12.2f}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as handle:

@@ -80,12 +80,13 @@ class Runner:
         return time.perf_counter() - began
 
 
-def benchmark(names, model: str, chunks: int, chunk_steps: int, dot_fusion: bool = False):
+def benchmark(names, model: str, chunks: int, chunk_steps: int, dot_fusion: bool = False, mlp_chunks=()):
     sizes = MODELS[model]
     key = jax.random.key(2)
     x = jax.random.normal(key, (128, sizes[0]))
     y = jax.random.randint(key, (128,), 0, sizes[-1])
     runners = {name: Runner(lopt.get(name), sizes, x, y) for name in ["adam", *names]}
+    runners.update({f"mlp+chunks{n}": Runner(lopt.get("mlp", concurrent_chunks=n), sizes, x, y) for n in mlp_chunks})
     if dot_fusion:
         runners.update({f"{name}+dotfusion": Runner(lopt.get(name), sizes, x, y, DOT_FUSION_OPTIONS)
                         for name in ["adam", *names]})
@@ -122,12 +123,14 @@ def main():
     parser.add_argument("--out", default="benchmarks/step.json")
     parser.add_argument("--dot-fusion", action="store_true",
                         help="also time every optimizer with XLA:CPU fusing dots with their elementwise neighbours")
+    parser.add_argument("--mlp-chunks", nargs="*", type=int, default=[2],
+                        help="also time small_fc_lopt with these concurrent_chunks values (runner 'mlp+chunksN')")
     args = parser.parse_args()
     names = args.optimizers if args.optimizers is not None else learned_optimizer_names()
     report = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "machine": platform.processor() or platform.machine(),
               "cpu_count": __import__("os").cpu_count(), "jax": jax.__version__, "models": {}}
     for model in args.models:
-        results = benchmark(names, model, args.chunks, args.chunk_steps, args.dot_fusion)
+        results = benchmark(names, model, args.chunks, args.chunk_steps, args.dot_fusion, args.mlp_chunks)
         report["models"][model] = results
         print(f"\n{model} MLP {MODELS[model]} ({results['adam']['num_params']:,} params), batch 128, "
               f"median of {args.chunks} chunks x {args.chunk_steps} steps")

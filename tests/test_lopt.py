@@ -121,6 +121,29 @@ def test_mlp_lopt_matches_the_small_fc_lopt_formula():
     assert int(state.iteration) == 1
 
 
+def test_mlp_lopt_blocked_and_chunked_updates_match_the_single_pass():
+    """Blocks (lax.map over column ranges) and concurrent chunks only change the schedule, not the update."""
+    key_p, key_g = jax.random.split(jax.random.key(7))
+    params = {"w": jax.random.normal(key_p, (40, 50)), "b": jax.random.normal(key_p, (50,)), "s": jnp.float32(0.3)}
+    grads = jax.tree.map(lambda p: 0.1 * p + 0.05, params)
+    theta = lopt.MLPLOpt().init(jax.random.key(0))
+
+    def two_updates(optimizer):
+        tx = optimizer.optimizer(theta)
+        state = tx.init(params)
+        _, state = jax.jit(tx.update)(grads, state, params)
+        return jax.jit(tx.update)(grads, state, params)[0]
+
+    reference = two_updates(lopt.MLPLOpt())
+    variants = [lopt.MLPLOpt(block_size=512), lopt.MLPLOpt(concurrent_chunks=2), lopt.MLPLOpt(concurrent_chunks=4)]
+    assert 2051 // lopt.mlp_lopt.MIN_CHUNK_COLUMNS >= 4  # so concurrent_chunks=4 really makes four chunks
+    for optimizer in variants:
+        for got, want in zip(jax.tree.leaves(two_updates(optimizer)), jax.tree.leaves(reference)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="concurrent_chunks >= 1"):
+        lopt.MLPLOpt(concurrent_chunks=0)
+
+
 def test_mlp_lopt_has_19_inputs_and_needs_params():
     optimizer = lopt.MLPLOpt()
     assert optimizer.init(jax.random.key(0))["w0"].shape == (19, 32)

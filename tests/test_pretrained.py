@@ -62,6 +62,19 @@ def test_load_has_provenance_and_trains_a_small_mlp():
     assert losses[-10:].mean() < 0.25 * losses[:5].mean()
 
 
+def test_load_overrides_execution_arguments_without_changing_the_update():
+    plain, chunked = lopt.pretrained.load(NAME), lopt.pretrained.load(NAME, concurrent_chunks=2)
+    assert chunked.optimizer.concurrent_chunks == 2 and plain.optimizer.concurrent_chunks == 1
+    params = {"w": jax.random.normal(jax.random.key(0), (40, 30))}
+    grads = jax.tree.map(lambda p: 0.2 * p, params)
+    plain_tx, chunked_tx = plain.transformation(num_steps=100), chunked.transformation(num_steps=100)
+    np.testing.assert_allclose(plain_tx.update(grads, plain_tx.init(params), params)[0]["w"],
+                               chunked_tx.update(grads, chunked_tx.init(params), params)[0]["w"], rtol=1e-5, atol=1e-9)
+    with pytest.raises(lopt.ExportError) as info:
+        lopt.pretrained.load(NAME, concurrent_chunks=0)
+    assert "overrides {'concurrent_chunks': 0}" in str(info.value) and "concurrent_chunks >= 1" in str(info.value)
+
+
 def test_loads_from_an_installed_package(tmp_path):
     source, target = tmp_path / "source", tmp_path / "site"
     for package in ("lopt", "tasks", "meta_train"):

@@ -43,10 +43,13 @@ def resource(name: str) -> Traversable:
     return importlib.resources.files(__name__) / f"{name}{SUFFIX}"
 
 
-def load(name: str) -> export.LoadedOptimizer:
-    """Returns the shipped optimizer `name`, ready to use: `.transformation()` is an optax transformation."""
+def load(name: str, **config_overrides: Any) -> export.LoadedOptimizer:
+    """Returns the shipped optimizer `name`, ready to use: `.transformation()` is an optax transformation.
+
+    `config_overrides` replace stored constructor arguments (see `lopt.export.load`).
+    """
     with importlib.resources.as_file(resource(name)) as local:
-        return export.load(local)
+        return export.load(local, **config_overrides)
 
 
 def info(name: str) -> Dict[str, Any]:
