@@ -17,7 +17,8 @@ from lopt import adafactor_features as adafac
 from lopt import features
 from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
 from lopt.mlp_lopt import apply_mlp_hidden, init_mlp
-from lopt.normalization import stable_second_moment_normalize
+from lopt.normalization import FLOAT32_MAX, second_moment_scales
+from lopt.tensor_map import map_row_blocks
 
 Array = jax.Array
 
@@ -48,6 +49,32 @@ def decays_from(meta_decays: MetaParams, defaults: Tuple[Tuple[float, ...], ...]
 def magnitude_step(out: Array, step_mult: float, exp_mult: float) -> Array:
     """Returns direction * exp(magnitude * exp_mult) * step_mult from an output [..., 2]."""
     return out[..., 0] * jnp.exp(out[..., 1] * exp_mult) * step_mult
+
+
+# Rows of the per-parameter MLP evaluated together: [rows, hidden] intermediates stay in L2.
+ROW_BLOCK = 8192
+
+
+def adafactor_mlp_steps(
+    mlp: MetaParams, first_bias: Array, num_layers: int, step_mult: float, exp_mult: float,
+    g: Array, p: Array, m: Array, v: Array, f: adafac.FactoredMoments,
+) -> Array:
+    """Returns one tensor's steps (shape of `p`, float32): the MLP `mlp` over its normalised Adafactor features.
+
+    The first layer reads `mlp["w0"][:num_features]`; `first_bias` is its bias with any
+    per-step inputs (time features) already folded in. The per-channel normalisation is folded
+    into the first layer's weights and the MLP runs ROW_BLOCK parameters at a time.
+    """
+    raw = adafac.tensor_features(g, p, m, v, f)
+    num_features = raw.shape[-1]
+    first_weight = second_moment_scales(raw)[:, None] * mlp["w0"][:num_features]
+
+    def block_steps(rows: Array) -> Array:
+        rows = jnp.clip(rows, -FLOAT32_MAX, FLOAT32_MAX)
+        out = apply_mlp_hidden(mlp, rows @ first_weight + first_bias, num_layers)
+        return magnitude_step(out, step_mult, exp_mult)
+
+    return map_row_blocks(block_steps, raw.reshape(-1, num_features), ROW_BLOCK).reshape(p.shape)
 
 
 @register("adafac_mlp")
@@ -116,9 +143,8 @@ class AdafacMLPLOpt(LearnedOptimizer):
             time_bias = time_input @ mlp["w0"][num_param_features:] + mlp["b0"]
 
             def tensor_update(g, p, m, v, f):
-                channels = stable_second_moment_normalize(adafac.tensor_features(g, p, m, v, f))
-                out = apply_mlp_hidden(mlp, channels @ mlp["w0"][:num_param_features] + time_bias, num_layers)
-                return (-magnitude_step(out, step_mult, exp_mult)).astype(p.dtype)
+                steps = adafactor_mlp_steps(mlp, time_bias, num_layers, step_mult, exp_mult, g, p, m, v, f)
+                return (-steps).astype(p.dtype)
 
             updates = jax.tree.map(
                 tensor_update, grads, params, accumulators.momenta, accumulators.rms, accumulators.factored

@@ -19,11 +19,10 @@ import optax
 
 from lopt import adafactor_features as adafac
 from lopt import schedule_features as sched
-from lopt.adafac_mlp import magnitude_step, require_params
+from lopt.adafac_mlp import adafactor_mlp_steps, require_params
 from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, NumSteps, register
 from lopt.lstm import LSTMState, init_lstm, lstm_cell, zero_state
-from lopt.mlp_lopt import apply_mlp_hidden, init_mlp
-from lopt.normalization import stable_second_moment_normalize
+from lopt.mlp_lopt import init_mlp
 
 Array = jax.Array
 
@@ -124,9 +123,8 @@ class Celo(LearnedOptimizer):
             lr_multiplier = jnp.exp(jnp.clip(log_lr, -MAX_LOG_LR, MAX_LOG_LR))
 
             def tensor_update(g, p, m, v, f):
-                channels = stable_second_moment_normalize(adafac.tensor_features(g, p, m, v, f))
-                out = apply_mlp_hidden(mlp, channels @ mlp["w0"] + mlp["b0"], num_layers)
-                return (-lr_multiplier * magnitude_step(out, step_mult, exp_mult)).astype(p.dtype)
+                steps = adafactor_mlp_steps(mlp, mlp["b0"], num_layers, step_mult, exp_mult, g, p, m, v, f)
+                return (-lr_multiplier * steps).astype(p.dtype)
 
             updates = jax.tree.map(
                 tensor_update, grads, params, accumulators.momenta, accumulators.rms, accumulators.factored

@@ -19,10 +19,9 @@ import optax
 
 from lopt import adafactor_features as adafac
 from lopt import schedule_features as sched
-from lopt.adafac_mlp import magnitude_step, require_params
+from lopt.adafac_mlp import adafactor_mlp_steps, require_params
 from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
 from lopt.lstm import LSTMState, init_lstm, lstm_cell, zero_state
-from lopt.normalization import stable_second_moment_normalize
 from lopt.tensor_map import map_tensors
 from lopt.tensor_statistics import num_statistics, tensor_statistics
 
@@ -130,9 +129,7 @@ class HyperLSTM(LearnedOptimizer):
                 h, lstm_state = lstm_cell(meta_params["lstm"], lstm_input, lstm_state)
                 readout = h @ meta_params["readout"]["w"] + meta_params["readout"]["b"]
                 mlp = mix_bank(meta_params["bank"], jax.nn.softmax(readout[:num_bank]))
-                channels = stable_second_moment_normalize(adafac.tensor_features(g, p, m, v, f))
-                hidden = jax.nn.relu(channels @ mlp["w0"] + mlp["b0"])
-                step = magnitude_step(hidden @ mlp["w1"] + mlp["b1"], step_mult, exp_mult)
+                step = adafactor_mlp_steps(mlp, mlp["b0"], 2, step_mult, exp_mult, g, p, m, v, f)
                 step = step * jnp.exp(jnp.clip(lr_scale * readout[num_bank], -MAX_LOG_LR, MAX_LOG_LR))
                 return (-step).astype(p.dtype), lstm_state
 

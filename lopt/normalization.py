@@ -47,6 +47,21 @@ def stable_second_moment_normalize(features: Array, eps: float = 1e-5) -> Array:
     return scaled * jax.lax.rsqrt(eps / jnp.square(floor) + mean_square)
 
 
+def second_moment_scales(features: Array, eps: float = 1e-5) -> Array:
+    """Returns the per-channel factors `[channels]` that `stable_second_moment_normalize` multiplies by.
+
+    `features * second_moment_scales(features)` equals `stable_second_moment_normalize(features)`
+    up to rounding for finite features, so a linear layer can absorb the factors into its weights
+    and read the raw features, without a normalised copy of them.
+    """
+    x = jnp.clip(features, -FLOAT32_MAX, FLOAT32_MAX)
+    axes = tuple(range(x.ndim - 1))
+    scale = _channel_scale(x, axes)
+    mean_square = jnp.mean(jnp.square(x / scale), axis=axes, keepdims=True)
+    floor = jnp.maximum(scale, MIN_SCALE)
+    return (jax.lax.rsqrt(eps / jnp.square(floor) + mean_square) / scale).reshape(-1)
+
+
 def log_rms(x: Array) -> Array:
     """Returns log(sqrt(mean(x^2))) over all elements without overflow; LOG_FLOOR (-100) for an all-zero x."""
     x = jnp.clip(x.astype(jnp.float32), -FLOAT32_MAX, FLOAT32_MAX)

@@ -278,3 +278,33 @@ def test_l2l_preprocessing_matches_the_paper():
     g = jnp.array([1.0, -1e-2, 1e-6, -1e-6, 0.0])
     expected = [[0.0, 1.0], [np.log(1e-2) / 10, -1.0], [-1.0, 1e-6 * np.exp(10)], [-1.0, -1e-6 * np.exp(10)], [-1.0, 0.0]]
     np.testing.assert_allclose(preprocess_gradient(g), expected, rtol=1e-5)
+
+
+def test_adafactor_mlp_steps_match_the_normalised_feature_mlp_across_row_blocks():
+    """Folding the normalisation into the first layer and blocking the rows leave the steps unchanged."""
+    from lopt import adafactor_features as adafac
+    from lopt.adafac_mlp import ROW_BLOCK, adafactor_mlp_steps
+    from lopt.mlp_lopt import init_mlp
+    from lopt.normalization import stable_second_moment_normalize
+
+    shape = (3, ROW_BLOCK // 3 + 5)  # p is [2, *shape]: two full row blocks and a partial one
+    keys = jax.random.split(jax.random.key(3), 4)
+    p = jax.random.normal(keys[0], (2,) + shape)
+    decays = adafac.Decays(*(jnp.asarray(d, jnp.float32) for d in (
+        adafac.MOMENTUM_DECAYS, adafac.RMS_DECAYS, adafac.ADAFACTOR_DECAYS)))
+    acc = adafac.init_accumulators({"p": p}, 3, 1, 3)
+    for k in keys[1:]:
+        acc = adafac.update_accumulators(acc, {"p": jax.random.normal(k, p.shape) * 3.0}, decays)
+    g = jax.random.normal(keys[3], p.shape)
+    args = (g, p, acc.momenta["p"], acc.rms["p"], acc.factored["p"])
+    mlp = perturbed(init_mlp(jax.random.key(5), (28, 16, 16, 2)), seed=6)
+    bias = mlp["b0"] + 0.3
+
+    got = jax.jit(lambda *a: adafactor_mlp_steps(mlp, bias, 3, 1e-2, 0.1, *a))(*args)
+    channels = stable_second_moment_normalize(adafac.tensor_features(*args))
+    hidden = jax.nn.relu(channels @ mlp["w0"] + bias)
+    hidden = jax.nn.relu(hidden @ mlp["w1"] + mlp["b1"])
+    out = hidden @ mlp["w2"] + mlp["b2"]
+    want = out[..., 0] * jnp.exp(out[..., 1] * 0.1) * 1e-2
+    assert got.shape == p.shape and p.size > 2 * ROW_BLOCK
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=1e-7)
