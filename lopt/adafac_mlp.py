@@ -16,9 +16,9 @@ import optax
 from lopt import adafactor_features as adafac
 from lopt import features
 from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
-from lopt.mlp_lopt import apply_mlp_hidden, init_mlp
+from lopt.mlp_lopt import init_mlp
 from lopt.normalization import FLOAT32_MAX, second_moment_scales
-from lopt.tensor_map import map_row_blocks
+from lopt.tensor_map import map_blocks
 
 Array = jax.Array
 
@@ -51,8 +51,8 @@ def magnitude_step(out: Array, step_mult: float, exp_mult: float) -> Array:
     return out[..., 0] * jnp.exp(out[..., 1] * exp_mult) * step_mult
 
 
-# Rows of the per-parameter MLP evaluated together: [rows, hidden] intermediates stay in L2.
-ROW_BLOCK = 8192
+# Parameters the per-parameter MLP evaluates together: its [hidden, block] intermediates stay in L2.
+COLUMN_BLOCK = 8192
 
 
 def adafactor_mlp_steps(
@@ -63,18 +63,22 @@ def adafactor_mlp_steps(
 
     The first layer reads `mlp["w0"][:num_features]`; `first_bias` is its bias with any
     per-step inputs (time features) already folded in. The per-channel normalisation is folded
-    into the first layer's weights and the MLP runs ROW_BLOCK parameters at a time.
+    into the first layer's weights, and the MLP runs on channel-major `[features, COLUMN_BLOCK]`
+    slices of the parameters.
     """
     raw = adafac.tensor_features(g, p, m, v, f)
-    num_features = raw.shape[-1]
-    first_weight = second_moment_scales(raw)[:, None] * mlp["w0"][:num_features]
+    num_features = raw.shape[0]
+    first_weight = (second_moment_scales(raw, channel_axis=0)[:, None] * mlp["w0"][:num_features]).T
+    bias_column = first_bias[:, None]
+    later_layers = [(mlp[f"w{i}"].T, mlp[f"b{i}"][:, None]) for i in range(1, num_layers)]
 
-    def block_steps(rows: Array) -> Array:
-        rows = jnp.clip(rows, -FLOAT32_MAX, FLOAT32_MAX)
-        out = apply_mlp_hidden(mlp, rows @ first_weight + first_bias, num_layers)
-        return magnitude_step(out, step_mult, exp_mult)
+    def block_steps(columns: Array) -> Array:
+        hidden = first_weight @ jnp.clip(columns, -FLOAT32_MAX, FLOAT32_MAX) + bias_column
+        for weight, bias in later_layers:
+            hidden = weight @ jax.nn.relu(hidden) + bias
+        return hidden[0] * jnp.exp(hidden[1] * exp_mult) * step_mult
 
-    return map_row_blocks(block_steps, raw.reshape(-1, num_features), ROW_BLOCK).reshape(p.shape)
+    return map_blocks(block_steps, raw.reshape(num_features, -1), COLUMN_BLOCK, axis=1).reshape(p.shape)
 
 
 @register("adafac_mlp")

@@ -4,6 +4,10 @@ Used by the Adafactor-feature MLP, the VeLO-style hypernetwork and Celo. For ten
 more dimensions the second moment is factored over the last two axes (row means and column
 means of g^2, as in Adafactor); scalars and vectors keep a full accumulator instead, which then
 stands in for the row and column factors.
+
+Every accumulator and the feature tensor are channel-major: the decay (or feature) axis comes
+first and the parameter's own axes follow, so each channel is one contiguous, vectorisable
+array. A trailing channel axis of 1-9 values made the feature step about 3x slower on CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ EPSILON = 1e-30
 
 
 class FactoredMoments(NamedTuple):
-    """EMAs of g^2 + eps: `row` [..., R, K] and `col` [..., C, K] for ndim >= 2, else `full` [..., K]."""
+    """EMAs of g^2 + eps: `row` [K, ..., R] and `col` [K, ..., C] for ndim >= 2, else `full` [K, ...]."""
 
     row: Optional[Array]
     col: Optional[Array]
@@ -34,7 +38,7 @@ class FactoredMoments(NamedTuple):
 
 
 class Accumulators(NamedTuple):
-    """Per-parameter accumulators, each a tree shaped like the params with a trailing decay axis."""
+    """Per-parameter accumulators, each a tree shaped like the params with a leading decay axis."""
 
     momenta: Any
     rms: Any
@@ -67,15 +71,15 @@ def _is_factored(shape) -> bool:
 
 def _init_factored(p: Array, k: int) -> FactoredMoments:
     if _is_factored(p.shape):
-        row = jnp.zeros(p.shape[:-1] + (k,), jnp.float32)
-        col = jnp.zeros(p.shape[:-2] + p.shape[-1:] + (k,), jnp.float32)
+        row = jnp.zeros((k,) + p.shape[:-1], jnp.float32)
+        col = jnp.zeros((k,) + p.shape[:-2] + p.shape[-1:], jnp.float32)
         return FactoredMoments(row, col, None)
-    return FactoredMoments(None, None, jnp.zeros(p.shape + (k,), jnp.float32))
+    return FactoredMoments(None, None, jnp.zeros((k,) + p.shape, jnp.float32))
 
 
 def init_accumulators(params: Any, num_momenta: int, num_rms: int, num_factored: int) -> Accumulators:
     """Returns zero accumulators for `params`."""
-    zeros = lambda k: jax.tree.map(lambda p: jnp.zeros(p.shape + (k,), jnp.float32), params)
+    zeros = lambda k: jax.tree.map(lambda p: jnp.zeros((k,) + p.shape, jnp.float32), params)
     factored = jax.tree.map(lambda p: _init_factored(p, num_factored), params)
     return Accumulators(zeros(num_momenta), zeros(num_rms), factored)
 
@@ -83,17 +87,19 @@ def init_accumulators(params: Any, num_momenta: int, num_rms: int, num_factored:
 def _update_factored(moments: FactoredMoments, g: Array, decays: Array) -> FactoredMoments:
     squared = safe_square(g) + EPSILON
     if moments.full is not None:
-        return FactoredMoments(None, None, features.update_emas(moments.full, squared, decays))
-    row = features.update_emas(moments.row, jnp.mean(squared, axis=-1), decays)
-    col = features.update_emas(moments.col, jnp.mean(squared, axis=-2), decays)
+        return FactoredMoments(None, None, features.update_emas(moments.full, squared, decays, channel_axis=0))
+    row = features.update_emas(moments.row, jnp.mean(squared, axis=-1), decays, channel_axis=0)
+    col = features.update_emas(moments.col, jnp.mean(squared, axis=-2), decays, channel_axis=0)
     return FactoredMoments(row, col, None)
 
 
 def update_accumulators(accumulators: Accumulators, grads: Any, decays: Decays) -> Accumulators:
     """Advances every accumulator one step with the float32 gradients `grads`, clipped to +-1e18."""
     grads = jax.tree.map(lambda g: clip_magnitude(g.astype(jnp.float32)), grads)
-    momenta = jax.tree.map(lambda m, g: features.update_emas(m, g, decays.momentum), accumulators.momenta, grads)
-    rms = jax.tree.map(lambda v, g: features.update_emas(v, safe_square(g), decays.rms), accumulators.rms, grads)
+    momenta = jax.tree.map(lambda m, g: features.update_emas(m, g, decays.momentum, channel_axis=0),
+                           accumulators.momenta, grads)
+    rms = jax.tree.map(lambda v, g: features.update_emas(v, safe_square(g), decays.rms, channel_axis=0),
+                       accumulators.rms, grads)
     factored = jax.tree.map(lambda g, f: _update_factored(f, g, decays.factored), grads, accumulators.factored)
     return Accumulators(momenta, rms, factored)
 
@@ -103,28 +109,28 @@ def _factored_terms(moments: FactoredMoments):
         rsqrt_full = jax.lax.rsqrt(moments.full)
         return rsqrt_full, rsqrt_full, rsqrt_full
     row, col = moments.row, moments.col
-    col_ratio = col / jnp.mean(row, axis=-2, keepdims=True)
-    second_moment = row[..., :, None, :] * col_ratio[..., None, :, :]
-    rsqrt_row = jax.lax.rsqrt(row)[..., :, None, :]
-    rsqrt_col = jax.lax.rsqrt(col)[..., None, :, :]
+    col_ratio = col / jnp.mean(row, axis=-1, keepdims=True)
+    second_moment = row[..., :, None] * col_ratio[..., None, :]
+    rsqrt_row = jax.lax.rsqrt(row)[..., :, None]
+    rsqrt_col = jax.lax.rsqrt(col)[..., None, :]
     shape = second_moment.shape
     return jax.lax.rsqrt(second_moment), jnp.broadcast_to(rsqrt_row, shape), jnp.broadcast_to(rsqrt_col, shape)
 
 
 def tensor_features(g: Array, p: Array, momenta: Array, rms: Array, factored: FactoredMoments) -> Array:
-    """Returns the unnormalised per-parameter channels [..., num_features] of one tensor.
+    """Returns the unnormalised per-parameter channels [num_features, ...] of one tensor.
 
     Channels: g, p, momenta, rms, momenta * rsqrt(rms), rsqrt(rms), g * rsqrt(factored),
     rsqrt(row factor), rsqrt(column factor), momenta * rsqrt(factored).
     """
-    g = clip_magnitude(g.astype(jnp.float32))[..., None]
-    p = p.astype(jnp.float32)[..., None]
+    g = clip_magnitude(g.astype(jnp.float32))[None]
+    p = p.astype(jnp.float32)[None]
     rsqrt_rms = jax.lax.rsqrt(rms + EPSILON)
-    momentum_over_rms = (momenta[..., :, None] * rsqrt_rms[..., None, :]).reshape(momenta.shape[:-1] + (-1,))
+    momentum_over_rms = (momenta[:, None] * rsqrt_rms[None, :]).reshape((-1,) + momenta.shape[1:])
     rsqrt_factored, rsqrt_row, rsqrt_col = _factored_terms(factored)
-    momentum_over_factored = (momenta[..., :, None] * rsqrt_factored[..., None, :]).reshape(momenta.shape[:-1] + (-1,))
+    momentum_over_factored = (momenta[:, None] * rsqrt_factored[None, :]).reshape((-1,) + momenta.shape[1:])
     return jnp.concatenate(
         [g, p, momenta, rms, momentum_over_rms, rsqrt_rms, g * rsqrt_factored, rsqrt_row, rsqrt_col,
          momentum_over_factored],
-        axis=-1,
+        axis=0,
     )

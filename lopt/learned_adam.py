@@ -163,7 +163,7 @@ class AdamMultiplier(LearnedOptimizer):
             time = sched.fraction_features(sched.training_fraction(state.iteration, num_steps))
 
             def tensor_update(g, p, s: TensorAdamState):
-                inputs = jnp.concatenate([tensor_statistics(g, p, s.mu[..., None]), time])
+                inputs = jnp.concatenate([tensor_statistics(g, p, s.mu[None]), time])
                 out = apply_mlp_hidden(net, inputs @ net["w0"] + net["b0"], num_layers)
                 log_lr = base["log_learning_rate"] + jnp.clip(out[0], -MAX_LOG_MULTIPLIER, MAX_LOG_MULTIPLIER)
                 b1_logit = jnp.clip(base["b1_logit"] + out[1], -MAX_BETA_LOGIT, MAX_BETA_LOGIT)

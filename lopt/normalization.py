@@ -47,15 +47,16 @@ def stable_second_moment_normalize(features: Array, eps: float = 1e-5) -> Array:
     return scaled * jax.lax.rsqrt(eps / jnp.square(floor) + mean_square)
 
 
-def second_moment_scales(features: Array, eps: float = 1e-5) -> Array:
+def second_moment_scales(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
     """Returns the per-channel factors `[channels]` that `stable_second_moment_normalize` multiplies by.
 
-    `features * second_moment_scales(features)` equals `stable_second_moment_normalize(features)`
-    up to rounding for finite features, so a linear layer can absorb the factors into its weights
-    and read the raw features, without a normalised copy of them.
+    With channels along `channel_axis`, the features scaled by these factors equal
+    `stable_second_moment_normalize` of the channel-last features up to rounding for finite
+    features, so a linear layer can absorb the factors into its weights and read the raw
+    features, without a normalised copy of them.
     """
     x = jnp.clip(features, -FLOAT32_MAX, FLOAT32_MAX)
-    axes = tuple(range(x.ndim - 1))
+    axes = tuple(a for a in range(x.ndim) if a != channel_axis % x.ndim)
     scale = _channel_scale(x, axes)
     mean_square = jnp.mean(jnp.square(x / scale), axis=axes, keepdims=True)
     floor = jnp.maximum(scale, MIN_SCALE)

@@ -1,4 +1,4 @@
-"""Mapping per-tensor functions over a parameter tree, and row-blocked application within a tensor."""
+"""Mapping per-tensor functions over a parameter tree, and blocked application within a tensor."""
 
 from __future__ import annotations
 
@@ -20,19 +20,21 @@ def map_tensors(fn: Callable[..., Tuple[Any, ...]], tree: Any, *rest: Any, num_o
     return tuple(treedef.unflatten([out[k] for out in outputs]) for k in range(num_outputs))
 
 
-def map_row_blocks(fn: Callable[[jax.Array], jax.Array], rows: jax.Array, block_rows: int) -> jax.Array:
-    """Returns `fn(rows)` for a row-wise `fn`, computed `block_rows` rows at a time.
+def map_blocks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block_size: int, axis: int = 0) -> jax.Array:
+    """Returns `fn(x)` for an `fn` that works independently along `axis`, computed `block_size` slices at a time.
 
-    Full blocks run in a `lax.map`, so the intermediates of `fn` (say an MLP's hidden layers over
-    every parameter) stay in cache instead of being written out for all rows at once; the last,
-    partial block is one more call.
+    The leading axis of `fn`'s output corresponds to `axis` of its input. Full blocks run in a
+    `lax.map`, so the intermediates of `fn` (say an MLP's hidden layers over every parameter)
+    stay in cache instead of being written out for all of `x` at once; the last, partial block is
+    one more call.
     """
-    num_rows = rows.shape[0]
-    num_full = num_rows // block_rows
+    size = x.shape[axis]
+    num_full = size // block_size
     if num_full <= 1:
-        return fn(rows)
-    head = jax.lax.map(lambda i: fn(jax.lax.dynamic_slice_in_dim(rows, i * block_rows, block_rows)), jnp.arange(num_full))
-    head = head.reshape((num_full * block_rows,) + head.shape[2:])
-    if num_full * block_rows == num_rows:
+        return fn(x)
+    head = jax.lax.map(
+        lambda i: fn(jax.lax.dynamic_slice_in_dim(x, i * block_size, block_size, axis)), jnp.arange(num_full))
+    head = head.reshape((num_full * block_size,) + head.shape[2:])
+    if num_full * block_size == size:
         return head
-    return jnp.concatenate([head, fn(rows[num_full * block_rows:])])
+    return jnp.concatenate([head, fn(jax.lax.slice_in_dim(x, num_full * block_size, size, axis=axis))])

@@ -280,14 +280,14 @@ def test_l2l_preprocessing_matches_the_paper():
     np.testing.assert_allclose(preprocess_gradient(g), expected, rtol=1e-5)
 
 
-def test_adafactor_mlp_steps_match_the_normalised_feature_mlp_across_row_blocks():
-    """Folding the normalisation into the first layer and blocking the rows leave the steps unchanged."""
+def test_adafactor_mlp_steps_match_the_normalised_feature_mlp_across_blocks():
+    """Channel-major features, normalisation folded into the first layer and column blocks leave the steps unchanged."""
     from lopt import adafactor_features as adafac
-    from lopt.adafac_mlp import ROW_BLOCK, adafactor_mlp_steps
+    from lopt.adafac_mlp import COLUMN_BLOCK, adafactor_mlp_steps
     from lopt.mlp_lopt import init_mlp
     from lopt.normalization import stable_second_moment_normalize
 
-    shape = (3, ROW_BLOCK // 3 + 5)  # p is [2, *shape]: two full row blocks and a partial one
+    shape = (3, COLUMN_BLOCK // 3 + 5)  # p is [2, *shape]: two full column blocks and a partial one
     keys = jax.random.split(jax.random.key(3), 4)
     p = jax.random.normal(keys[0], (2,) + shape)
     decays = adafac.Decays(*(jnp.asarray(d, jnp.float32) for d in (
@@ -301,10 +301,42 @@ def test_adafactor_mlp_steps_match_the_normalised_feature_mlp_across_row_blocks(
     bias = mlp["b0"] + 0.3
 
     got = jax.jit(lambda *a: adafactor_mlp_steps(mlp, bias, 3, 1e-2, 0.1, *a))(*args)
-    channels = stable_second_moment_normalize(adafac.tensor_features(*args))
+    channels = stable_second_moment_normalize(jnp.moveaxis(adafac.tensor_features(*args), 0, -1))
     hidden = jax.nn.relu(channels @ mlp["w0"] + bias)
     hidden = jax.nn.relu(hidden @ mlp["w1"] + mlp["b1"])
     out = hidden @ mlp["w2"] + mlp["b2"]
     want = out[..., 0] * jnp.exp(out[..., 1] * 0.1) * 1e-2
-    assert got.shape == p.shape and p.size > 2 * ROW_BLOCK
+    assert got.shape == p.shape and p.size > 2 * COLUMN_BLOCK
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=1e-7)
+
+
+def test_adafactor_tensor_features_match_numpy_formulas():
+    """The 28 channel-major features of a matrix after two updates, recomputed from the Adafactor definitions."""
+    from lopt import adafactor_features as adafac
+
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(4, 5)).astype(np.float32)
+    grads = [rng.normal(size=(4, 5)).astype(np.float32) for _ in range(2)]
+    dm, dv, df = np.array(adafac.MOMENTUM_DECAYS), np.array(adafac.RMS_DECAYS), np.array(adafac.ADAFACTOR_DECAYS)
+    decays = adafac.Decays(*(jnp.asarray(d, jnp.float32) for d in (dm, dv, df)))
+    acc = adafac.init_accumulators({"p": jnp.asarray(p)}, 3, 1, 3)
+    m, v = np.zeros((3, 4, 5)), np.zeros((1, 4, 5))
+    row, col = np.zeros((3, 4)), np.zeros((3, 5))
+    for g in grads:
+        acc = adafac.update_accumulators(acc, {"p": jnp.asarray(g)}, decays)
+        m = dm[:, None, None] * m + (1 - dm[:, None, None]) * g
+        v = dv[:, None, None] * v + (1 - dv[:, None, None]) * g**2
+        sq = g.astype(np.float64) ** 2 + adafac.EPSILON
+        row = df[:, None] * row + (1 - df[:, None]) * sq.mean(1)
+        col = df[:, None] * col + (1 - df[:, None]) * sq.mean(0)
+    g = grads[-1]
+    got = np.asarray(adafac.tensor_features(jnp.asarray(g), jnp.asarray(p), acc.momenta["p"], acc.rms["p"], acc.factored["p"]))
+    factored = row[:, :, None] * (col / row.mean(1, keepdims=True))[:, None, :]
+    rsqrt_v = 1 / np.sqrt(v + adafac.EPSILON)
+    expected = np.concatenate([
+        g[None], p[None], m, v, (m[:, None] * rsqrt_v[None]).reshape(3, 4, 5), rsqrt_v, g / np.sqrt(factored),
+        np.broadcast_to(1 / np.sqrt(row)[:, :, None], (3, 4, 5)), np.broadcast_to(1 / np.sqrt(col)[:, None, :], (3, 4, 5)),
+        (m[:, None] / np.sqrt(factored)[None]).reshape(9, 4, 5),
+    ])
+    assert got.shape == (28, 4, 5)
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
