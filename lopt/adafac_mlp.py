@@ -17,7 +17,10 @@ from lopt import adafactor_features as adafac
 from lopt import features
 from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
 from lopt.mlp_lopt import init_mlp
-from lopt.normalization import FLOAT32_MAX, second_moment_scales
+from lopt.normalization import (
+    FLOAT32_MAX, combine_second_moment_statistics, scales_from_statistics, second_moment_scales,
+    second_moment_statistics,
+)
 from lopt.tensor_map import map_blocks
 
 Array = jax.Array
@@ -64,21 +67,49 @@ def adafactor_mlp_steps(
     The first layer reads `mlp["w0"][:num_features]`; `first_bias` is its bias with any
     per-step inputs (time features) already folded in. The per-channel normalisation is folded
     into the first layer's weights, and the MLP runs on channel-major `[features, COLUMN_BLOCK]`
-    slices of the parameters.
+    slices of the parameters. For matrices larger than two blocks the features are never
+    materialised whole: each block of rows computes its own, once for the normalisation
+    statistics and once for the MLP.
     """
-    raw = adafac.tensor_features(g, p, m, v, f)
-    num_features = raw.shape[0]
-    first_weight = (second_moment_scales(raw, channel_axis=0)[:, None] * mlp["w0"][:num_features]).T
-    bias_column = first_bias[:, None]
     later_layers = [(mlp[f"w{i}"].T, mlp[f"b{i}"][:, None]) for i in range(1, num_layers)]
 
-    def block_steps(columns: Array) -> Array:
-        hidden = first_weight @ jnp.clip(columns, -FLOAT32_MAX, FLOAT32_MAX) + bias_column
+    def mlp_steps(columns: Array, first_weight: Array) -> Array:
+        hidden = first_weight @ jnp.clip(columns, -FLOAT32_MAX, FLOAT32_MAX) + first_bias[:, None]
         for weight, bias in later_layers:
             hidden = weight @ jax.nn.relu(hidden) + bias
         return hidden[0] * jnp.exp(hidden[1] * exp_mult) * step_mult
 
-    return map_blocks(block_steps, raw.reshape(num_features, -1), COLUMN_BLOCK, axis=1).reshape(p.shape)
+    def weight_for(scales: Array) -> Array:
+        return (scales[:, None] * mlp["w0"][:scales.shape[0]]).T
+
+    if p.ndim != 2 or p.size <= 2 * COLUMN_BLOCK:
+        raw = adafac.tensor_features(g, p, m, v, f)
+        first_weight = weight_for(second_moment_scales(raw, channel_axis=0))
+        columns = raw.reshape(raw.shape[0], -1)
+        return map_blocks(lambda block: mlp_steps(block, first_weight), columns, COLUMN_BLOCK, axis=1).reshape(p.shape)
+
+    num_rows, num_cols = p.shape
+    block_rows = max(1, COLUMN_BLOCK // num_cols)
+    row_mean = adafac.overflow_safe_mean(f.row, -1, keepdims=True)
+
+    def row_features(start, size: int) -> Array:
+        rows = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, start, size, axis)
+        moments = adafac.FactoredMoments(rows(f.row, 1), f.col, None)
+        features = adafac.tensor_features(rows(g, 0), rows(p, 0), rows(m, 1), rows(v, 1), moments, row_mean)
+        return features.reshape(features.shape[0], -1)
+
+    num_full = num_rows // block_rows
+    tail = num_rows - num_full * block_rows
+    starts = jnp.arange(num_full) * block_rows
+    peaks, sums = jax.lax.map(lambda start: second_moment_statistics(row_features(start, block_rows), 0), starts)
+    if tail:
+        tail_peak, tail_sum = second_moment_statistics(row_features(num_full * block_rows, tail), 0)
+        peaks, sums = jnp.concatenate([peaks, tail_peak[None]]), jnp.concatenate([sums, tail_sum[None]])
+    first_weight = weight_for(scales_from_statistics(*combine_second_moment_statistics(peaks, sums), p.size))
+    steps = jax.lax.map(lambda start: mlp_steps(row_features(start, block_rows), first_weight), starts).reshape(-1)
+    if tail:
+        steps = jnp.concatenate([steps, mlp_steps(row_features(num_full * block_rows, tail), first_weight)])
+    return steps.reshape(p.shape)
 
 
 @register("adafac_mlp")

@@ -84,12 +84,18 @@ def init_accumulators(params: Any, num_momenta: int, num_rms: int, num_factored:
     return Accumulators(zeros(num_momenta), zeros(num_rms), factored)
 
 
+def overflow_safe_mean(x: Array, axis: int, keepdims: bool = False) -> Array:
+    """Returns the mean of `x` along `axis`, finite wherever every value is: each value is divided by the
+    count before the sum (a float32 sum of a few hundred squares of 1e18 overflows)."""
+    return jnp.sum(x * (1.0 / x.shape[axis]), axis=axis, keepdims=keepdims)
+
+
 def _update_factored(moments: FactoredMoments, g: Array, decays: Array) -> FactoredMoments:
     squared = safe_square(g) + EPSILON
     if moments.full is not None:
         return FactoredMoments(None, None, features.update_emas(moments.full, squared, decays, channel_axis=0))
-    row = features.update_emas(moments.row, jnp.mean(squared, axis=-1), decays, channel_axis=0)
-    col = features.update_emas(moments.col, jnp.mean(squared, axis=-2), decays, channel_axis=0)
+    row = features.update_emas(moments.row, overflow_safe_mean(squared, -1), decays, channel_axis=0)
+    col = features.update_emas(moments.col, overflow_safe_mean(squared, -2), decays, channel_axis=0)
     return FactoredMoments(row, col, None)
 
 
@@ -104,12 +110,12 @@ def update_accumulators(accumulators: Accumulators, grads: Any, decays: Decays) 
     return Accumulators(momenta, rms, factored)
 
 
-def _factored_terms(moments: FactoredMoments):
+def _factored_terms(moments: FactoredMoments, row_mean: Optional[Array]):
     if moments.full is not None:
         rsqrt_full = jax.lax.rsqrt(moments.full)
         return rsqrt_full, rsqrt_full, rsqrt_full
     row, col = moments.row, moments.col
-    col_ratio = col / jnp.mean(row, axis=-1, keepdims=True)
+    col_ratio = col / (overflow_safe_mean(row, -1, keepdims=True) if row_mean is None else row_mean)
     second_moment = row[..., :, None] * col_ratio[..., None, :]
     rsqrt_row = jax.lax.rsqrt(row)[..., :, None]
     rsqrt_col = jax.lax.rsqrt(col)[..., None, :]
@@ -117,17 +123,21 @@ def _factored_terms(moments: FactoredMoments):
     return jax.lax.rsqrt(second_moment), jnp.broadcast_to(rsqrt_row, shape), jnp.broadcast_to(rsqrt_col, shape)
 
 
-def tensor_features(g: Array, p: Array, momenta: Array, rms: Array, factored: FactoredMoments) -> Array:
+def tensor_features(
+    g: Array, p: Array, momenta: Array, rms: Array, factored: FactoredMoments, row_mean: Optional[Array] = None
+) -> Array:
     """Returns the unnormalised per-parameter channels [num_features, ...] of one tensor.
 
     Channels: g, p, momenta, rms, momenta * rsqrt(rms), rsqrt(rms), g * rsqrt(factored),
-    rsqrt(row factor), rsqrt(column factor), momenta * rsqrt(factored).
+    rsqrt(row factor), rsqrt(column factor), momenta * rsqrt(factored). For the features of a
+    slice of a matrix's rows, pass that slice of every row-indexed input and the whole matrix's
+    `row_mean`, the row factor's mean over all rows `[K, 1]`.
     """
     g = clip_magnitude(g.astype(jnp.float32))[None]
     p = p.astype(jnp.float32)[None]
     rsqrt_rms = jax.lax.rsqrt(rms + EPSILON)
     momentum_over_rms = (momenta[:, None] * rsqrt_rms[None, :]).reshape((-1,) + momenta.shape[1:])
-    rsqrt_factored, rsqrt_row, rsqrt_col = _factored_terms(factored)
+    rsqrt_factored, rsqrt_row, rsqrt_col = _factored_terms(factored, row_mean)
     momentum_over_factored = (momenta[:, None] * rsqrt_factored[None, :]).reshape((-1,) + momenta.shape[1:])
     return jnp.concatenate(
         [g, p, momenta, rms, momentum_over_rms, rsqrt_rms, g * rsqrt_factored, rsqrt_row, rsqrt_col,

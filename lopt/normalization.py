@@ -7,6 +7,8 @@ as the naive formulas wherever those are finite and stay finite for any finite i
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import jax
 import jax.numpy as jnp
 
@@ -47,6 +49,30 @@ def stable_second_moment_normalize(features: Array, eps: float = 1e-5) -> Array:
     return scaled * jax.lax.rsqrt(eps / jnp.square(floor) + mean_square)
 
 
+def second_moment_statistics(features: Array, channel_axis: int = -1) -> Tuple[Array, Array]:
+    """Returns per-channel `(peak, scaled_sum)`: the largest magnitude (1 where a channel is all zeros)
+    and the sum of squares of the channel divided by it, over every axis but `channel_axis`.
+
+    Statistics of disjoint slices combine exactly with `combine_second_moment_statistics`.
+    """
+    x = jnp.clip(features, -FLOAT32_MAX, FLOAT32_MAX)
+    axes = tuple(a for a in range(x.ndim) if a != channel_axis % x.ndim)
+    peak = _channel_scale(x, axes)
+    return peak.reshape(-1), jnp.sum(jnp.square(x / peak), axis=axes).reshape(-1)
+
+
+def combine_second_moment_statistics(peaks: Array, scaled_sums: Array) -> Tuple[Array, Array]:
+    """Returns the `(peak, scaled_sum)` of the union of slices whose statistics are stacked on axis 0."""
+    peak = jnp.max(peaks, axis=0)
+    return peak, jnp.sum(scaled_sums * jnp.square(peaks / peak), axis=0)
+
+
+def scales_from_statistics(peak: Array, scaled_sum: Array, count: int, eps: float = 1e-5) -> Array:
+    """Returns the normalisation factors of `count` values per channel with statistics `(peak, scaled_sum)`."""
+    floor = jnp.maximum(peak, MIN_SCALE)
+    return jax.lax.rsqrt(eps / jnp.square(floor) + scaled_sum / count) / peak
+
+
 def second_moment_scales(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
     """Returns the per-channel factors `[channels]` that `stable_second_moment_normalize` multiplies by.
 
@@ -55,12 +81,9 @@ def second_moment_scales(features: Array, eps: float = 1e-5, channel_axis: int =
     features, so a linear layer can absorb the factors into its weights and read the raw
     features, without a normalised copy of them.
     """
-    x = jnp.clip(features, -FLOAT32_MAX, FLOAT32_MAX)
-    axes = tuple(a for a in range(x.ndim) if a != channel_axis % x.ndim)
-    scale = _channel_scale(x, axes)
-    mean_square = jnp.mean(jnp.square(x / scale), axis=axes, keepdims=True)
-    floor = jnp.maximum(scale, MIN_SCALE)
-    return (jax.lax.rsqrt(eps / jnp.square(floor) + mean_square) / scale).reshape(-1)
+    peak, scaled_sum = second_moment_statistics(features, channel_axis)
+    count = features.size // features.shape[channel_axis]
+    return scales_from_statistics(peak, scaled_sum, max(count, 1), eps)
 
 
 def log_rms(x: Array) -> Array:

@@ -280,16 +280,21 @@ def test_l2l_preprocessing_matches_the_paper():
     np.testing.assert_allclose(preprocess_gradient(g), expected, rtol=1e-5)
 
 
-def test_adafactor_mlp_steps_match_the_normalised_feature_mlp_across_blocks():
-    """Channel-major features, normalisation folded into the first layer and column blocks leave the steps unchanged."""
+@pytest.mark.parametrize("shape", [
+    (2, 3, 2735),  # 3-d: whole features, two full column blocks of the MLP and a partial one
+    (300, 100),    # matrix: features per block of 81 rows, a partial block of 57 rows
+    (3, 8199),     # matrix wider than a block: one row per block
+])
+def test_adafactor_mlp_steps_match_the_normalised_feature_mlp_across_blocks(shape):
+    """Channel-major features, normalisation folded into the first layer and blocks leave the steps unchanged."""
     from lopt import adafactor_features as adafac
     from lopt.adafac_mlp import COLUMN_BLOCK, adafactor_mlp_steps
     from lopt.mlp_lopt import init_mlp
     from lopt.normalization import stable_second_moment_normalize
 
-    shape = (3, COLUMN_BLOCK // 3 + 5)  # p is [2, *shape]: two full column blocks and a partial one
+    assert COLUMN_BLOCK == 8192  # the shapes above are chosen around it
     keys = jax.random.split(jax.random.key(3), 4)
-    p = jax.random.normal(keys[0], (2,) + shape)
+    p = jax.random.normal(keys[0], shape)
     decays = adafac.Decays(*(jnp.asarray(d, jnp.float32) for d in (
         adafac.MOMENTUM_DECAYS, adafac.RMS_DECAYS, adafac.ADAFACTOR_DECAYS)))
     acc = adafac.init_accumulators({"p": p}, 3, 1, 3)
@@ -308,6 +313,10 @@ def test_adafactor_mlp_steps_match_the_normalised_feature_mlp_across_blocks():
     want = out[..., 0] * jnp.exp(out[..., 1] * 0.1) * 1e-2
     assert got.shape == p.shape and p.size > 2 * COLUMN_BLOCK
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=1e-7)
+    huge = adafac.update_accumulators(acc, {"p": jnp.full(p.shape, 1e20)}, decays)
+    extreme = jax.jit(lambda *a: adafactor_mlp_steps(mlp, bias, 3, 1e-2, 0.1, *a))(
+        jnp.full(p.shape, -1e20), p, huge.momenta["p"], huge.rms["p"], huge.factored["p"])
+    assert np.all(np.isfinite(np.asarray(extreme)))
 
 
 def test_adafactor_tensor_features_match_numpy_formulas():
