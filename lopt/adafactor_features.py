@@ -6,8 +6,9 @@ means of g^2, as in Adafactor); scalars and vectors keep a full accumulator inst
 stands in for the row and column factors.
 
 Every accumulator and the feature tensor are channel-major: the decay (or feature) axis comes
-first and the parameter's own axes follow, so each channel is one contiguous, vectorisable
-array. A trailing channel axis of 1-9 values made the feature step about 3x slower on CPU.
+first and the parameter's own axes follow, so each channel is one contiguous array and a block
+of a matrix's rows is a slice of every accumulator along one axis (see
+`lopt.adafac_mlp.adafactor_mlp_steps`).
 """
 
 from __future__ import annotations
