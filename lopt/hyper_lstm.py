@@ -10,7 +10,7 @@ The read-out starts at zero: uniform mixing and a multiplier of 1.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Tuple
+from typing import Any, NamedTuple
 
 import chex
 import jax

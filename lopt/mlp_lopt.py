@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import chex
 import jax

@@ -56,7 +56,8 @@ class EvosaxEstimator(Estimator):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown evosax strategy {strategy!r}; supported: {', '.join(STRATEGIES)}")
         if int(num_tasks) < 1 or int(trunc_length) < 1 or not float(std) > 0:
-            raise ValueError(f"evosax adapter needs num_tasks, trunc_length >= 1 and std > 0")
+            raise ValueError(f"evosax adapter needs num_tasks, trunc_length >= 1 and std > 0; "
+                             f"got {num_tasks}, {trunc_length}, {std}")
         self.strategy_name, self.num_tasks, self.trunc_length = strategy, int(num_tasks), int(trunc_length)
         self.std, self.task_map = float(std), task_map
 
