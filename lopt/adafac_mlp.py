@@ -16,12 +16,12 @@ import optax
 from lopt import adafactor_features as adafac
 from lopt import features
 from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
-from lopt.mlp_lopt import init_mlp
+from lopt.mlp_lopt import column_mlp_steps, init_mlp
 from lopt.normalization import (
     FLOAT32_MAX, combine_second_moment_statistics, scales_from_statistics, second_moment_scales,
     second_moment_statistics,
 )
-from lopt.tensor_map import map_blocks
+from lopt.tensor_map import map_block_starts, map_blocks
 
 Array = jax.Array
 
@@ -71,13 +71,9 @@ def adafactor_mlp_steps(
     materialised whole: each block of rows computes its own, once for the normalisation
     statistics and once for the MLP.
     """
-    later_layers = [(mlp[f"w{i}"].T, mlp[f"b{i}"][:, None]) for i in range(1, num_layers)]
-
     def mlp_steps(columns: Array, first_weight: Array) -> Array:
-        hidden = first_weight @ jnp.clip(columns, -FLOAT32_MAX, FLOAT32_MAX) + first_bias[:, None]
-        for weight, bias in later_layers:
-            hidden = weight @ jax.nn.relu(hidden) + bias
-        return hidden[0] * jnp.exp(hidden[1] * exp_mult) * step_mult
+        first_layer = first_weight @ jnp.clip(columns, -FLOAT32_MAX, FLOAT32_MAX) + first_bias[:, None]
+        return column_mlp_steps(mlp, first_layer, num_layers, step_mult, exp_mult)
 
     def weight_for(scales: Array) -> Array:
         return (scales[:, None] * mlp["w0"][:scales.shape[0]]).T
@@ -98,17 +94,14 @@ def adafactor_mlp_steps(
         features = adafac.tensor_features(rows(g, 0), rows(p, 0), rows(m, 1), rows(v, 1), moments, row_mean)
         return features.reshape(features.shape[0], -1)
 
-    num_full = num_rows // block_rows
-    tail = num_rows - num_full * block_rows
-    starts = jnp.arange(num_full) * block_rows
-    peaks, sums = jax.lax.map(lambda start: second_moment_statistics(row_features(start, block_rows), 0), starts)
-    if tail:
-        tail_peak, tail_sum = second_moment_statistics(row_features(num_full * block_rows, tail), 0)
-        peaks, sums = jnp.concatenate([peaks, tail_peak[None]]), jnp.concatenate([sums, tail_sum[None]])
+    (peaks, sums), partial = map_block_starts(
+        lambda start, size: second_moment_statistics(row_features(start, size), 0), num_rows, block_rows)
+    if partial is not None:
+        peaks, sums = jnp.concatenate([peaks, partial[0][None]]), jnp.concatenate([sums, partial[1][None]])
     first_weight = weight_for(scales_from_statistics(*combine_second_moment_statistics(peaks, sums), p.size))
-    steps = jax.lax.map(lambda start: mlp_steps(row_features(start, block_rows), first_weight), starts).reshape(-1)
-    if tail:
-        steps = jnp.concatenate([steps, mlp_steps(row_features(num_full * block_rows, tail), first_weight)])
+    full, partial = map_block_starts(
+        lambda start, size: mlp_steps(row_features(start, size), first_weight), num_rows, block_rows)
+    steps = full.reshape(-1) if partial is None else jnp.concatenate([full.reshape(-1), partial])
     return steps.reshape(p.shape)
 
 

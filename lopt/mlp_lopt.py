@@ -43,6 +43,15 @@ def apply_mlp_hidden(params: MetaParams, first_layer: Array, num_layers: int) ->
     return hidden
 
 
+def column_mlp_steps(params: MetaParams, first_layer: Array, num_layers: int, step_mult: float, exp_mult: float) -> Array:
+    """Returns per-column steps `direction * exp(magnitude * exp_mult) * step_mult` of a ReLU MLP run
+    channel-major, given layer 0's pre-activation `[hidden, columns]`; the last layer has 2 outputs."""
+    hidden = first_layer
+    for i in range(1, num_layers):
+        hidden = params[f"w{i}"].T @ jax.nn.relu(hidden) + params[f"b{i}"][:, None]
+    return hidden[0] * jnp.exp(hidden[1] * exp_mult) * step_mult
+
+
 def channel_major_features(grad: Array, param: Array, momenta: Array) -> Array:
     """Returns one tensor's MLP inputs `[2 + num_decays, size]`: gradient, parameter and momenta rows, each
     scaled by the rsqrt of its mean square over the tensor (inputs clipped to +-1e18 first)."""
@@ -154,10 +163,7 @@ class MLPLOpt(LearnedOptimizer):
             )
 
         def column_steps(columns: Array, first_weight: Array, first_bias: Array) -> Array:
-            hidden = first_weight @ columns + first_bias
-            for i in range(1, num_layers):
-                hidden = meta_params[f"w{i}"].T @ jax.nn.relu(hidden) + meta_params[f"b{i}"][:, None]
-            return hidden[0] * jnp.exp(hidden[1] * exp_mult) * step_mult
+            return column_mlp_steps(meta_params, first_weight @ columns + first_bias, num_layers, step_mult, exp_mult)
 
         def update_fn(grads, state, params=None, **extra_args):
             del extra_args

@@ -20,6 +20,15 @@ def map_tensors(fn: Callable[..., Tuple[Any, ...]], tree: Any, *rest: Any, num_o
     return tuple(treedef.unflatten([out[k] for out in outputs]) for k in range(num_outputs))
 
 
+def map_block_starts(fn: Callable[[Any, int], Any], size: int, block_size: int) -> Tuple[Any, Any]:
+    """Returns `(full, partial)`: `fn(start, block_size)` for every full block of `range(size)`, stacked on a
+    new leading axis by a `lax.map`, and `fn(start, rest)` for the last, partial block (None if there is none)."""
+    num_full = size // block_size
+    full = jax.lax.map(lambda start: fn(start, block_size), jnp.arange(num_full) * block_size)
+    rest = size - num_full * block_size
+    return full, (fn(num_full * block_size, rest) if rest else None)
+
+
 def map_blocks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block_size: int, axis: int = 0) -> jax.Array:
     """Returns `fn(x)` for an `fn` that works independently along `axis`, computed `block_size` slices at a time.
 
@@ -29,12 +38,9 @@ def map_blocks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block_size: i
     one more call.
     """
     size = x.shape[axis]
-    num_full = size // block_size
-    if num_full <= 1:
+    if size // block_size <= 1:
         return fn(x)
-    head = jax.lax.map(
-        lambda i: fn(jax.lax.dynamic_slice_in_dim(x, i * block_size, block_size, axis)), jnp.arange(num_full))
-    head = head.reshape((num_full * block_size,) + head.shape[2:])
-    if num_full * block_size == size:
-        return head
-    return jnp.concatenate([head, fn(jax.lax.slice_in_dim(x, num_full * block_size, size, axis=axis))])
+    full, partial = map_block_starts(
+        lambda start, length: fn(jax.lax.dynamic_slice_in_dim(x, start, length, axis)), size, block_size)
+    full = full.reshape((-1,) + full.shape[2:])
+    return full if partial is None else jnp.concatenate([full, partial])
