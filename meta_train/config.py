@@ -23,7 +23,7 @@ import lopt
 import tasks
 from meta_train.estimator import Estimator
 from meta_train.horizons import ConstantHorizon, Horizon, LogUniformHorizon
-from meta_train.parallel import TaskParallelism
+from meta_train.parallel import TaskParallelism, force_host_devices, host_device_count
 from meta_train.evosax_adapter import STRATEGIES as EVOSAX_STRATEGIES
 from meta_train.evosax_adapter import EvosaxEstimator
 from meta_train.full_horizon_es import FullHorizonES
@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
             "phases": (),
             "parallel": "none",
             "num_devices": 0,
+            "host_devices": 0,
             "accumulate": 1,
             "loss_type": "mean",
             "evosax_strategy": "PersistentES",
@@ -240,6 +241,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(mt.horizon in HORIZON_KINDS, f"meta_train.horizon must be one of {HORIZON_KINDS}, got {mt.horizon!r}")
     _require(mt.parallel in PARALLEL_MODES, f"meta_train.parallel must be one of {PARALLEL_MODES}, got {mt.parallel!r}")
     _require(mt.num_devices >= 0, f"meta_train.num_devices must be >= 0 (0 = all visible), got {mt.num_devices}")
+    _require(mt.host_devices >= -1,
+             f"meta_train.host_devices must be -1 (one per core), 0 (leave as is) or a count, got {mt.host_devices}")
+    _require(mt.host_devices == 0 or mt.parallel != "none",
+             f"meta_train.host_devices={mt.host_devices} splits the CPU into devices for meta_train.parallel="
+             "'shard_map' (or 'pmap'); set it, or host_devices=0")
     _require(mt.task_map in TASK_MAPS, f"meta_train.task_map must be one of {TASK_MAPS}, got {mt.task_map!r}")
     _require(mt.meta_loss in ("train", "valid"), f"meta_train.meta_loss must be 'train' or 'valid', got {mt.meta_loss!r}")
     for key in ("num_tasks", "trunc_length", "num_steps"):
@@ -402,6 +408,26 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as err:
         raise ConfigError(f"config.distributed: could not join the multi-process runtime: {err}") from None
+
+
+def apply_host_devices(config: ml_collections.ConfigDict) -> int:
+    """Splits the CPU into `meta_train.host_devices` XLA devices (see parallel.force_host_devices); returns the
+    device count JAX then has.
+
+    Must run before anything touches a device. With -1 (one per core) in a process whose backend
+    has already started, the devices it has are kept; an explicit count that can no longer be
+    set is a ConfigError.
+    """
+    mt = config.meta_train
+    if mt.host_devices == 0:
+        return jax.device_count()
+    count = host_device_count(int(mt.host_devices), int(mt.num_tasks))
+    try:
+        force_host_devices(count)
+    except RuntimeError as err:
+        if mt.host_devices != -1:
+            raise ConfigError(f"meta_train.host_devices={mt.host_devices}: {err}") from None
+    return jax.device_count()
 
 
 def build_meta_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -19,22 +19,53 @@ TASK_AXIS = "tasks"
 MODES = ("none", "shard_map", "pmap")
 
 
-def force_host_devices(count: int) -> None:
+def force_host_devices(count: int, one_thread_per_device: bool = True) -> None:
     """Splits this process's CPU into `count` XLA devices (each runs its own thread), for shard_map over tasks.
 
     On a CPU host one XLA program of small ops keeps the cores poorly busy; `count` devices
-    running their share of the tasks concurrently use them better. Must be called before JAX
-    starts its CPU backend (before the first array is made); raises RuntimeError after that.
+    running their share of the tasks concurrently use them better. With `one_thread_per_device`
+    (and `count` > 1) each device's matmuls also stay on its own thread
+    (`--xla_cpu_multi_thread_eigen=false`, unless XLA_FLAGS already sets it): with one device per
+    core, splitting small matmuls across cores only adds hand-offs. Must be called before JAX
+    starts its CPU backend (before the first array is made); after that it raises RuntimeError and
+    leaves XLA_FLAGS as it was.
     """
     if count < 1:
         raise ValueError(f"host device count must be >= 1, got {count}")
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    flags = f"{flags} --xla_force_host_platform_device_count={count}"
+    if one_thread_per_device and count > 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        flags += " --xla_cpu_multi_thread_eigen=false"
+    previous = os.environ.get("XLA_FLAGS")
+    os.environ["XLA_FLAGS"] = flags.strip()
     if jax.default_backend() == "cpu" and jax.device_count() != count:
+        if previous is None:
+            del os.environ["XLA_FLAGS"]
+        else:
+            os.environ["XLA_FLAGS"] = previous
         raise RuntimeError(
             f"JAX's CPU backend already started with {jax.device_count()} device(s); "
             f"set XLA_FLAGS=--xla_force_host_platform_device_count={count} before running"
         )
+
+
+def available_cores() -> int:
+    """The number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def host_device_count(requested: int, num_tasks: int, cores: Optional[int] = None) -> int:
+    """Resolves a `host_devices` setting: N > 0 is N; -1 is one device per core, as many as divide
+    `num_tasks` evenly (the largest divisor of num_tasks not above the core count)."""
+    if requested > 0:
+        return requested
+    if requested != -1:
+        raise ValueError(f"host_devices must be -1 (one per core), 0 (leave as is) or a positive count, got {requested}")
+    cores = available_cores() if cores is None else cores
+    return max(d for d in range(1, max(1, min(cores, num_tasks)) + 1) if num_tasks % d == 0)
 
 
 class TaskParallelism:

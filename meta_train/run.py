@@ -112,6 +112,8 @@ def meta_train(
     """
     invoked = time.perf_counter()
     config_lib.initialize_distributed(config)
+    config_lib.validate(config)
+    config_lib.apply_host_devices(config)
     run = config_lib.build(config)
     workdir = prepare_workdir(workdir)
     primary = jax.process_index() == 0
@@ -215,7 +217,9 @@ def tree_digest(tree: Any) -> str:
     return digest.hexdigest()
 
 
-RESUMABLE_CHANGES = {"distributed": None, "meta_train": ("num_steps", "parallel", "num_devices", "task_map")}
+RESUMABLE_CHANGES = {
+    "distributed": None, "meta_train": ("num_steps", "parallel", "num_devices", "host_devices", "task_map"),
+}
 
 
 def _run_identity(config_json: Dict[str, Any]) -> Dict[str, Any]:

@@ -2,23 +2,35 @@
 
 8 tasks, antithetic pairs, truncation 20, horizon 200 by default. Reports inner steps per
 second (tasks x 2 x truncation per meta-step) and the compile time of the first meta-step
-for each task-map choice (and device count), measured side by side in one run, as JSON.
+for each task-map choice and device count, side by side in one run, as JSON.
+
+Each device count runs in its own child process, because the number of CPU devices is fixed
+when JAX starts (meta_train.parallel.force_host_devices). With more than one device the tasks
+are spread over them with shard_map; `--one-thread-per-device on off` compares keeping each
+device's matmuls on one thread (the default of force_host_devices) against XLA's multi-threaded
+matmuls.
 
     python scripts/bench_meta_train.py --out benchmarks/meta_train_cpu.json
-    python scripts/bench_meta_train.py --devices 1 2 4 --task-maps vmap   # forced host devices on CPU
+    python scripts/bench_meta_train.py --devices 1 2 4 --task-maps map --one-thread-per-device on off
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import subprocess
 import sys
+import time
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task-maps", nargs="*", default=["vmap", "map"])
     parser.add_argument("--devices", nargs="*", type=int, default=[1], help="device counts (shard_map when > 1)")
+    parser.add_argument("--one-thread-per-device", nargs="*", default=["on"], choices=["on", "off"],
+                        help="with > 1 device: keep each device's matmuls on one thread (on) or not (off)")
     parser.add_argument("--num-tasks", type=int, default=8)
     parser.add_argument("--trunc-length", type=int, default=20)
     parser.add_argument("--horizon", type=int, default=200)
@@ -28,29 +40,18 @@ def parse_args(argv=None):
     parser.add_argument("--concurrent-chunks", nargs="*", type=int, default=[None],
                         help="mlp only: values of small_fc_lopt's concurrent_chunks to compare (default: its own)")
     parser.add_argument("--out", default="benchmarks/meta_train.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-ARGS = parse_args()
-from meta_train.parallel import force_host_devices  # noqa: E402  (imports jax; its backend starts later)
+def build(task_map: str, devices: int, chunks, args):
+    """Returns the PES trainer the benchmark measures."""
+    import optax
 
-if max(ARGS.devices) > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    force_host_devices(max(ARGS.devices))
+    import lopt
+    import meta_train
+    import tasks
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-import lopt  # noqa: E402
-import meta_train  # noqa: E402
-import tasks  # noqa: E402
-
-
-def build(task_map: str, devices: int, chunks, args) -> meta_train.Trainer:
     family = tasks.get("mlp_image", dataset="digits", hidden=(32, 32), batch_size=128, activations=("relu",))
     parallelism = meta_train.TaskParallelism("shard_map" if devices > 1 else "none", devices)
     return meta_train.Trainer(
@@ -60,7 +61,10 @@ def build(task_map: str, devices: int, chunks, args) -> meta_train.Trainer:
     )
 
 
-def measure(trainer: meta_train.Trainer, args):
+def measure(trainer, args):
+    """Returns (state after the first meta-step, init seconds, first meta-step seconds)."""
+    import jax
+
     began = time.perf_counter()
     state = trainer.init(jax.random.key(0))
     jax.block_until_ready(state)
@@ -72,44 +76,85 @@ def measure(trainer: meta_train.Trainer, args):
     return state, init_seconds, first_step_seconds
 
 
-def main():
-    args = ARGS
-    setups = [(task_map, devices, chunks) for devices in args.devices for task_map in args.task_maps
-              for chunks in args.concurrent_chunks]
+def run_child(args) -> list:
+    """Measures every task map and chunk setting on this process's devices; returns result rows."""
+    import jax
+    import numpy as np
+
+    devices = jax.device_count()
+    setups = [(task_map, chunks) for task_map in args.task_maps for chunks in args.concurrent_chunks]
     runs = {}
-    for task_map, devices, chunks in setups:
-        trainer = build(task_map, devices, chunks, args)
+    for setup in setups:
+        trainer = build(setup[0], devices, setup[1], args)
         state, init_seconds, first_step_seconds = measure(trainer, args)
-        runs[(task_map, devices, chunks)] = {"trainer": trainer, "state": state, "rates": [],
-                                     "init_seconds": init_seconds, "first_step_seconds": first_step_seconds}
+        runs[setup] = {"trainer": trainer, "state": state, "rates": [],
+                       "init_seconds": init_seconds, "first_step_seconds": first_step_seconds}
     for _ in range(args.repeats):
         for run in runs.values():
             trainer, state = run["trainer"], run["state"]
             began = time.perf_counter()
             for _ in range(args.meta_steps):
-                state, metrics = trainer.step(state)
+                state, _ = trainer.step(state)
             jax.block_until_ready(state)
             run["rates"].append(trainer.inner_steps_per_meta_step * args.meta_steps / (time.perf_counter() - began))
             run["state"] = state
-    baseline = np.median(runs[setups[0]]["rates"])
-    report = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-              "machine": platform.machine(), "jax": jax.__version__, "settings": {k: v for k, v in vars(args).items()},
-              "results": []}
+    return [{"task_map": task_map, "devices": devices, "concurrent_chunks": chunks,
+             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+             "inner_steps_per_s": float(np.median(run["rates"])), "rates": run["rates"],
+             "init_compile_seconds": run["init_seconds"], "first_meta_step_seconds": run["first_step_seconds"]}
+            for (task_map, chunks), run in runs.items()]
+
+
+def child_command(args, devices: int, one_thread: str) -> list:
+    command = [sys.executable, os.path.abspath(__file__), "--child", "--devices", str(devices),
+               "--one-thread-per-device", one_thread, "--task-maps", *args.task_maps,
+               "--num-tasks", str(args.num_tasks), "--trunc-length", str(args.trunc_length),
+               "--horizon", str(args.horizon), "--meta-steps", str(args.meta_steps),
+               "--repeats", str(args.repeats), "--optimizer", args.optimizer]
+    chunks = [str(c) for c in args.concurrent_chunks if c is not None]
+    return command + (["--concurrent-chunks", *chunks] if chunks else [])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        from meta_train.parallel import force_host_devices
+
+        force_host_devices(args.devices[0], one_thread_per_device=args.one_thread_per_device[0] == "on")
+        print(json.dumps(run_child(args)))
+        return 0
+    rows = []
+    for devices in args.devices:
+        for one_thread in (args.one_thread_per_device if devices > 1 else ["on"]):
+            env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
+            done = subprocess.run(child_command(args, devices, one_thread), capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                print(done.stderr[-3000:], file=sys.stderr)
+                return done.returncode
+            for row in json.loads(done.stdout.strip().splitlines()[-1]):
+                row["one_thread_per_device"] = devices > 1 and one_thread == "on"
+                rows.append(row)
+    import jax
+
+    baseline = rows[0]["inner_steps_per_s"]
+    report = {"device": "cpu", "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+              "machine": platform.machine(), "processor": platform.processor(), "jax": jax.__version__,
+              "settings": {k: v for k, v in vars(args).items() if k != "child"}, "results": rows}
     print(f"PES meta-training, {args.optimizer} on digits MLP 64-32-32-10, {args.num_tasks} tasks x 2 particles, "
           f"truncation {args.trunc_length}, horizon {args.horizon}")
-    print(f"{'task_map':<10}{'devices':>8}{'chunks':>7}{'inner steps/s':>15}{'x first':>9}{'init s':>8}{'1st step s':>12}")
-    for (task_map, devices, chunks), run in runs.items():
-        rate = float(np.median(run["rates"]))
-        row = {"task_map": task_map, "devices": devices, "concurrent_chunks": chunks,
-               "inner_steps_per_s": rate, "ratio_to_first": rate / baseline,
-               "init_compile_seconds": run["init_seconds"], "first_meta_step_seconds": run["first_step_seconds"]}
-        report["results"].append(row)
-        print(f"{task_map:<10}{devices:>8}{'-' if chunks is None else chunks:>7}{rate:>15,.0f}{rate / baseline:>9.2f}{run['init_seconds']:>8.2f}"
-              f"{run['first_step_seconds']:>12.2f}")
+    print(f"{'task_map':<10}{'devices':>8}{'1 thread':>9}{'chunks':>7}{'inner steps/s':>15}{'x first':>9}"
+          f"{'init s':>8}{'1st step s':>12}")
+    for row in rows:
+        row["ratio_to_first"] = row["inner_steps_per_s"] / baseline
+        chunks = "-" if row["concurrent_chunks"] is None else row["concurrent_chunks"]
+        one_thread = "yes" if row["one_thread_per_device"] else "no"
+        print(f"{row['task_map']:<10}{row['devices']:>8}{one_thread:>9}{chunks:>7}{row['inner_steps_per_s']:>15,.0f}"
+              f"{row['ratio_to_first']:>9.2f}{row['init_compile_seconds']:>8.2f}{row['first_meta_step_seconds']:>12.2f}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(report, handle, indent=2)
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -165,7 +165,8 @@ def test_force_host_devices_splits_the_cpu_and_refuses_once_the_backend_runs():
         from meta_train.parallel import force_host_devices
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
         force_host_devices(3)
-        print(jax.device_count(), os.environ["XLA_FLAGS"].count("device_count"))
+        print(jax.device_count(), os.environ["XLA_FLAGS"].count("device_count"),
+              "--xla_cpu_multi_thread_eigen=false" in os.environ["XLA_FLAGS"])
         try:
             force_host_devices(4)
         except RuntimeError as err:
@@ -175,5 +176,40 @@ def test_force_host_devices_splits_the_cpu_and_refuses_once_the_backend_runs():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "3 1"
+    assert lines[0] == "3 1 True"
     assert lines[1].startswith("refused: JAX's CPU backend already started with 3 device(s)")
+
+
+def test_host_device_count_is_one_per_core_dividing_the_tasks():
+    from meta_train.parallel import host_device_count
+
+    assert host_device_count(-1, num_tasks=8, cores=2) == 2
+    assert host_device_count(-1, num_tasks=8, cores=6) == 4
+    assert host_device_count(-1, num_tasks=6, cores=4) == 3
+    assert host_device_count(-1, num_tasks=7, cores=2) == 1
+    assert host_device_count(3, num_tasks=8, cores=2) == 3
+
+
+def test_config_host_devices_splits_the_cpu_before_jax_starts():
+    """A run's `meta_train.host_devices` sets the CPU device count; once JAX runs, -1 keeps what it has."""
+    code = textwrap.dedent(
+        """
+        import jax
+        from meta_train import config as config_lib
+        config = config_lib.load_config("configs/quickstart.py")
+        config.meta_train.host_devices = 4
+        print(config_lib.apply_host_devices(config), jax.device_count())
+        config.meta_train.host_devices = -1
+        print(config_lib.apply_host_devices(config))
+        config.meta_train.host_devices = 2
+        try:
+            config_lib.apply_host_devices(config)
+        except config_lib.ConfigError as err:
+            print("refused:", err)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[:2] == ["4 4", "4"]
+    assert lines[2].startswith("refused: meta_train.host_devices=2: JAX's CPU backend already started with 4")
