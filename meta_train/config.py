@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.data_dir = ""
+    config.compile_cache = "workdir"
     config.task = ml_collections.ConfigDict(
         {"family": "mlp_image", "kwargs": ml_collections.ConfigDict(), "mixture": ml_collections.ConfigDict()}
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import importlib.metadata
@@ -11,9 +12,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +31,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 EXPORT_FILE = "optimizer.lopt"
 TIME_FILE = "train_seconds.json"
+COMPILE_CACHE_DIR = "compile_cache"
 
 
 class WorkdirError(OSError):
@@ -100,6 +103,35 @@ def _all_agree(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
+@contextlib.contextmanager
+def persistent_compile_cache(directory: Optional[Path], min_compile_seconds: float = 1.0) -> Iterator[None]:
+    """Within the block, XLA programs that took at least `min_compile_seconds` to compile are kept in
+    `directory` and loaded from there when compiled again (by a resumed or repeated run); None leaves
+    JAX's cache settings alone. JAX's previous settings are restored afterwards."""
+    if directory is None:
+        yield
+        return
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    previous = [getattr(jax.config, name) for name in names]
+    jax.config.update(names[0], str(directory))
+    jax.config.update(names[1], float(min_compile_seconds))
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        for name, value in zip(names, previous):
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+
+
+def compile_cache_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Optional[Path]:
+    """The folder `config.compile_cache` names: 'workdir' is WORKDIR/compile_cache, '' is none."""
+    setting = str(config.compile_cache)
+    if not setting:
+        return None
+    return Path(workdir).absolute() / COMPILE_CACHE_DIR if setting == "workdir" else Path(setting).expanduser()
+
+
 def meta_train(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show_progress: bool = True,
     max_seconds: Optional[float] = None,
@@ -108,8 +140,14 @@ def meta_train(
 
     With `max_seconds`, training stops early (checkpointed and exported as usual) once the run's
     wall-clock time, summed over resumed invocations, reaches it; `summary["meta_steps"]` is
-    then the number of meta-steps done.
+    then the number of meta-steps done. Compiled programs are kept in `config.compile_cache`
+    (default WORKDIR/compile_cache), so a resumed run starts without compiling again.
     """
+    with persistent_compile_cache(compile_cache_dir(config, workdir)):
+        return _meta_train(config, workdir, show_progress, max_seconds)
+
+
+def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
     invoked = time.perf_counter()
     config_lib.initialize_distributed(config)
     config_lib.validate(config)
@@ -218,13 +256,13 @@ def tree_digest(tree: Any) -> str:
 
 
 RESUMABLE_CHANGES = {
-    "distributed": None, "meta_train": ("num_steps", "parallel", "num_devices", "host_devices", "task_map"),
+    "distributed": None, "compile_cache": None, "meta_train": ("num_steps", "parallel", "num_devices", "host_devices", "task_map"),
 }
 
 
 def _run_identity(config_json: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of a config that must match for a workdir to be resumed (device layout and length may change)."""
-    identity = {k: v for k, v in config_json.items() if k != "distributed"}
+    identity = {k: v for k, v in config_json.items() if RESUMABLE_CHANGES.get(k, ()) is not None}
     identity["meta_train"] = {
         k: v for k, v in config_json.get("meta_train", {}).items() if k not in RESUMABLE_CHANGES["meta_train"]
     }

@@ -216,3 +216,21 @@ def test_impossible_values_for_the_quickstart_are_one_line_errors(tmp_path, caps
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
+
+
+def test_compile_cache_keeps_compiled_programs_and_restores_jax_settings(tmp_path):
+    from meta_train.run import compile_cache_dir, persistent_compile_cache
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    cache = tmp_path / "cache"
+    with persistent_compile_cache(cache, min_compile_seconds=0.0):
+        assert jax.config.jax_compilation_cache_dir == str(cache)
+        jax.jit(lambda x: jax.numpy.sin(x) * 3.0 + 1.25)(jax.numpy.arange(7.0)).block_until_ready()
+    assert cache.is_dir() and any(cache.iterdir())
+    assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs) == before
+    config = config_lib.base_config()
+    assert compile_cache_dir(config, tmp_path / "w") == (tmp_path / "w" / "compile_cache").absolute()
+    config.compile_cache = ""
+    assert compile_cache_dir(config, tmp_path / "w") is None
+    config.compile_cache = str(tmp_path / "shared")
+    assert compile_cache_dir(config, tmp_path / "w") == tmp_path / "shared"
