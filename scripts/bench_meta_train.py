@@ -12,6 +12,7 @@ matmuls.
 
     python scripts/bench_meta_train.py --out benchmarks/meta_train_cpu.json
     python scripts/bench_meta_train.py --devices 1 2 4 --task-maps map --one-thread-per-device on off
+    python scripts/bench_meta_train.py --devices 1 2 --task-maps map vmap --compile-cache
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -40,7 +42,11 @@ def parse_args(argv=None):
     parser.add_argument("--concurrent-chunks", nargs="*", type=int, default=[None],
                         help="mlp only: values of small_fc_lopt's concurrent_chunks to compare (default: its own)")
     parser.add_argument("--out", default="benchmarks/meta_train.json")
+    parser.add_argument("--compile-cache", action="store_true",
+                        help="also report the first meta-step of a second process that loads it from a fresh "
+                             "persistent compile cache (what a resumed lopt-meta-train run does)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -105,8 +111,8 @@ def run_child(args) -> list:
             for (task_map, chunks), run in runs.items()]
 
 
-def child_command(args, devices: int, one_thread: str) -> list:
-    command = [sys.executable, os.path.abspath(__file__), "--child", "--devices", str(devices),
+def child_command(args, devices: int, one_thread: str, cache_dir: str = "") -> list:
+    command = [sys.executable, os.path.abspath(__file__), "--child", "--cache-dir", cache_dir, "--devices", str(devices),
                "--one-thread-per-device", one_thread, "--task-maps", *args.task_maps,
                "--num-tasks", str(args.num_tasks), "--trunc-length", str(args.trunc_length),
                "--horizon", str(args.horizon), "--meta-steps", str(args.meta_steps),
@@ -121,18 +127,31 @@ def main(argv=None) -> int:
         from meta_train.parallel import force_host_devices
 
         force_host_devices(args.devices[0], one_thread_per_device=args.one_thread_per_device[0] == "on")
+        if args.cache_dir:
+            import jax
+
+            jax.config.update("jax_compilation_cache_dir", args.cache_dir)
         print(json.dumps(run_child(args)))
         return 0
     rows = []
     for devices in args.devices:
         for one_thread in (args.one_thread_per_device if devices > 1 else ["on"]):
             env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
-            done = subprocess.run(child_command(args, devices, one_thread), capture_output=True, text=True, env=env)
-            if done.returncode != 0:
-                print(done.stderr[-3000:], file=sys.stderr)
-                return done.returncode
-            for row in json.loads(done.stdout.strip().splitlines()[-1]):
+            with tempfile.TemporaryDirectory() as cache_dir:
+                children = [child_command(args, devices, one_thread, cache_dir if args.compile_cache else "")]
+                if args.compile_cache:
+                    children.append(children[0])
+                outputs = []
+                for command in children:
+                    done = subprocess.run(command, capture_output=True, text=True, env=env)
+                    if done.returncode != 0:
+                        print(done.stderr[-3000:], file=sys.stderr)
+                        return done.returncode
+                    outputs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            for index, row in enumerate(outputs[0]):
                 row["one_thread_per_device"] = devices > 1 and one_thread == "on"
+                if args.compile_cache:
+                    row["first_meta_step_seconds_cached"] = outputs[1][index]["first_meta_step_seconds"]
                 rows.append(row)
     import jax
 
@@ -143,13 +162,14 @@ def main(argv=None) -> int:
     print(f"PES meta-training, {args.optimizer} on digits MLP 64-32-32-10, {args.num_tasks} tasks x 2 particles, "
           f"truncation {args.trunc_length}, horizon {args.horizon}")
     print(f"{'task_map':<10}{'devices':>8}{'1 thread':>9}{'chunks':>7}{'inner steps/s':>15}{'x first':>9}"
-          f"{'init s':>8}{'1st step s':>12}")
+          f"{'init s':>8}{'1st step s':>12}" + (f"{'cached':>8}" if args.compile_cache else ""))
     for row in rows:
         row["ratio_to_first"] = row["inner_steps_per_s"] / baseline
         chunks = "-" if row["concurrent_chunks"] is None else row["concurrent_chunks"]
         one_thread = "yes" if row["one_thread_per_device"] else "no"
         print(f"{row['task_map']:<10}{row['devices']:>8}{one_thread:>9}{chunks:>7}{row['inner_steps_per_s']:>15,.0f}"
-              f"{row['ratio_to_first']:>9.2f}{row['init_compile_seconds']:>8.2f}{row['first_meta_step_seconds']:>12.2f}")
+              f"{row['ratio_to_first']:>9.2f}{row['init_compile_seconds']:>8.2f}{row['first_meta_step_seconds']:>12.2f}"
+              + (f"{row['first_meta_step_seconds_cached']:>8.2f}" if args.compile_cache else ""))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(report, handle, indent=2)
