@@ -165,6 +165,10 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
         write_text_atomic(saved_config, json.dumps(config_json, indent=2))
 
     trainer = run.trainer
+    if primary and show_progress and trainer.parallelism.mode != "none":
+        count, kind = trainer.parallelism.num_devices, jax.default_backend()
+        print(f"tasks spread over {count} {kind} device(s) with {trainer.parallelism.mode}, "
+              f"task_map={config.meta_train.task_map}", file=sys.stderr)
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep)
     state = trainer.init(jax.random.key(config.seed))
     start = 0

@@ -30,7 +30,6 @@ import ml_collections
 from meta_train import config as config_lib
 from meta_train import evaluation_run, run
 from meta_train.files import write_text_atomic
-from meta_train.parallel import force_host_devices
 
 ID_TARGET = 3.0
 
@@ -61,8 +60,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="small_fc_lopt's time-feature scales tanh(t / scale - 1) (default: lopt.features.TIME_SCALES)")
     p.add_argument("--baselines", nargs="+", default=["adam", "adam_cosine"],
                    help="hand-designed baselines, each tuned per task; adam is the speedup reference")
-    p.add_argument("--host-devices", type=int, default=1,
-                   help="on a CPU host: split it into this many XLA devices and shard the tasks over them")
+    p.add_argument("--host-devices", type=int, default=-1,
+                   help="on a CPU host: split it into this many XLA devices and shard the tasks over them "
+                        "(-1: one per core, as many as divide --num-tasks; 1: one device)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-steps", type=int, default=None, help="in-distribution inner steps (default --horizon-max)")
     p.add_argument("--eval-tasks", type=int, default=8, help="held-out tasks per setting")
@@ -92,8 +92,8 @@ def meta_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     mt.num_tasks = args.num_tasks
     mt.trunc_length = args.trunc_length
     mt.std = args.std
-    if args.host_devices > 1:
-        mt.parallel, mt.num_devices = "shard_map", args.host_devices
+    if args.host_devices != 1:
+        mt.parallel, mt.host_devices = "shard_map", args.host_devices
     if args.horizon_min == args.horizon_max:
         mt.horizon, mt.horizon_length = "constant", args.horizon_max
     else:
@@ -185,8 +185,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Meta-trains within the budget, evaluates, and writes the JSON result and the markdown summary."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.host_devices > 1:
-        force_host_devices(args.host_devices)
     command = "python scripts/bench_quality.py " + shlex.join(argv)
     workdir = Path(args.workdir)
     config = meta_config(args)
