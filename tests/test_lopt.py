@@ -122,7 +122,8 @@ def test_mlp_lopt_matches_the_small_fc_lopt_formula():
 
 
 def test_mlp_lopt_blocked_and_chunked_updates_match_the_single_pass():
-    """Blocks (lax.map over column ranges) and concurrent chunks only change the schedule, not the update."""
+    """Blocks (lax.map over column ranges, per tensor for tensors of at least block_size parameters) and
+    concurrent chunks only change the schedule, not the update."""
     key_p, key_g = jax.random.split(jax.random.key(7))
     params = {"w": jax.random.normal(key_p, (40, 50)), "b": jax.random.normal(key_p, (50,)), "s": jnp.float32(0.3)}
     grads = jax.tree.map(lambda p: 0.1 * p + 0.05, params)
@@ -135,11 +136,19 @@ def test_mlp_lopt_blocked_and_chunked_updates_match_the_single_pass():
         return jax.jit(tx.update)(grads, state, params)[0]
 
     reference = two_updates(lopt.MLPLOpt())
-    variants = [lopt.MLPLOpt(block_size=512), lopt.MLPLOpt(concurrent_chunks=2), lopt.MLPLOpt(concurrent_chunks=4)]
+    variants = [lopt.MLPLOpt(block_size=512), lopt.MLPLOpt(block_size=400), lopt.MLPLOpt(block_size=40),
+                lopt.MLPLOpt(concurrent_chunks=2), lopt.MLPLOpt(concurrent_chunks=4)]
     assert 2051 // lopt.mlp_lopt.MIN_CHUNK_COLUMNS >= 4  # so concurrent_chunks=4 really makes four chunks
     for optimizer in variants:
         for got, want in zip(jax.tree.leaves(two_updates(optimizer)), jax.tree.leaves(reference)):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-9)
+    huge = jax.tree.map(lambda p: jnp.full_like(p, 1e20), params)
+    tx_blocked, tx_single = lopt.MLPLOpt(block_size=40).optimizer(theta), lopt.MLPLOpt().optimizer(theta)
+    blocked = tx_blocked.update(huge, tx_blocked.init(params), params)[0]
+    single = tx_single.update(huge, tx_single.init(params), params)[0]
+    for got, want in zip(jax.tree.leaves(blocked), jax.tree.leaves(single)):
+        assert np.all(np.isfinite(np.asarray(got)))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-9)
     with pytest.raises(ValueError, match="concurrent_chunks >= 1"):
         lopt.MLPLOpt(concurrent_chunks=0)
 
