@@ -21,7 +21,7 @@ from lopt.normalization import (
     FLOAT32_MAX, combine_second_moment_statistics, scales_from_statistics, second_moment_scales,
     second_moment_statistics,
 )
-from lopt.tensor_map import map_block_starts, map_blocks
+from lopt.tensor_map import map_block_ranges, map_block_starts, map_blocks
 
 Array = jax.Array
 
@@ -99,9 +99,7 @@ def adafactor_mlp_steps(
     if partial is not None:
         peaks, sums = jnp.concatenate([peaks, partial[0][None]]), jnp.concatenate([sums, partial[1][None]])
     first_weight = weight_for(scales_from_statistics(*combine_second_moment_statistics(peaks, sums), p.size))
-    full, partial = map_block_starts(
-        lambda start, size: mlp_steps(row_features(start, size), first_weight), num_rows, block_rows)
-    steps = full.reshape(-1) if partial is None else jnp.concatenate([full.reshape(-1), partial])
+    steps = map_block_ranges(lambda start, size: mlp_steps(row_features(start, size), first_weight), num_rows, block_rows)
     return steps.reshape(p.shape)
 
 

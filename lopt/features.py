@@ -23,12 +23,17 @@ def update_emas(emas: Array, value: Array, decays: Array, channel_axis: int = -1
     return emas * decays + jnp.expand_dims(value, channel_axis) * (1.0 - decays)
 
 
-def second_moment_normalize(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
-    """Scales each channel (along `channel_axis`) of `features` by the rsqrt of its mean square over all other axes."""
+def second_moment_factors(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
+    """Returns rsqrt(eps + mean square) of each channel (along `channel_axis`) of the clipped `features`, over
+    all other axes, shaped to broadcast against them: the factors `second_moment_normalize` scales by."""
     features = clip_magnitude(features)
     reduce_axes = tuple(a for a in range(features.ndim) if a != channel_axis % features.ndim)
-    mean_square = jnp.mean(jnp.square(features), axis=reduce_axes, keepdims=True)
-    return features * jax.lax.rsqrt(eps + mean_square)
+    return jax.lax.rsqrt(eps + jnp.mean(jnp.square(features), axis=reduce_axes, keepdims=True))
+
+
+def second_moment_normalize(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
+    """Scales each channel (along `channel_axis`) of `features` by the rsqrt of its mean square over all other axes."""
+    return clip_magnitude(features) * second_moment_factors(features, eps, channel_axis)
 
 
 def clip_magnitude(x: Array) -> Array:

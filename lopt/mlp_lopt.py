@@ -60,15 +60,11 @@ def channel_major_features(grad: Array, param: Array, momenta: Array) -> Array:
     return features.second_moment_normalize(rows, channel_axis=0)
 
 
-def second_moment_factors(grad: Array, param: Array, momenta: Array, eps: float = 1e-5) -> Array:
+def second_moment_factors(grad: Array, param: Array, momenta: Array) -> Array:
     """Returns the factors `[2 + num_decays]` by which `channel_major_features` scales one tensor's gradient,
-    parameter and momentum rows: the rsqrt of eps plus each row's mean square after clipping."""
-    mean_squares = jnp.concatenate([
-        jnp.mean(jnp.square(features.clip_magnitude(grad)))[None],
-        jnp.mean(jnp.square(features.clip_magnitude(param)))[None],
-        jnp.mean(jnp.square(features.clip_magnitude(momenta)), axis=1),
-    ])
-    return jax.lax.rsqrt(eps + mean_squares)
+    parameter and momentum rows, without stacking the rows."""
+    rows = (grad[None], param[None], momenta)
+    return jnp.concatenate([features.second_moment_factors(x, channel_axis=0)[:, 0] for x in rows])
 
 
 def pack_columns(pieces: Sequence[Array], width: int) -> Array:
@@ -216,9 +212,7 @@ class MLPLOpt(LearnedOptimizer):
                     ])
                     return column_steps(features.clip_magnitude(rows), weight, first_bias)
 
-                full, partial = tensor_map.map_block_starts(block, grad.shape[0], block_size)
-                full = full.reshape(-1)
-                return full if partial is None else jnp.concatenate([full, partial])
+                return tensor_map.map_block_ranges(block, grad.shape[0], block_size)
 
             large = [g.shape[0] >= block_size for g in grad_leaves]
             leaf_steps = [
@@ -229,20 +223,16 @@ class MLPLOpt(LearnedOptimizer):
             if small:
                 inputs = [channel_major_features(grad_leaves[i], flat_params[i], momenta[i]) for i in small]
                 num_small = sum(x.shape[1] for x in inputs)
-                num_blocks = -(-num_small // block_size)
-                columns = pack_columns(inputs, num_blocks * block_size if num_blocks > 1 else num_small)
-                if num_blocks == 1:
+                columns = pack_columns(inputs, num_small)
+                if num_small <= block_size:
                     num_chunks = min(concurrent_chunks, max(1, num_small // MIN_CHUNK_COLUMNS))
                     edges = [num_small * i // num_chunks for i in range(num_chunks + 1)]
                     chunk_steps = [column_steps(columns[:, a:b], first_weight, first_bias)
                                    for a, b in zip(edges[:-1], edges[1:])]
                     steps = chunk_steps[0] if num_chunks == 1 else jnp.concatenate(chunk_steps)
                 else:
-                    def block_steps(index):
-                        block = jax.lax.dynamic_slice_in_dim(columns, index * block_size, block_size, axis=1)
-                        return column_steps(block, first_weight, first_bias)
-
-                    steps = jax.lax.map(block_steps, jnp.arange(num_blocks)).reshape(-1)
+                    steps = tensor_map.map_blocks(
+                        lambda block: column_steps(block, first_weight, first_bias), columns, block_size, axis=1)
                 offset = 0
                 for i, x in zip(small, inputs):
                     leaf_steps[i] = steps[offset:offset + x.shape[1]]

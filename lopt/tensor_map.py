@@ -29,6 +29,14 @@ def map_block_starts(fn: Callable[[Any, int], Any], size: int, block_size: int) 
     return full, (fn(num_full * block_size, rest) if rest else None)
 
 
+def map_block_ranges(fn: Callable[[Any, int], jax.Array], size: int, block_size: int) -> jax.Array:
+    """Returns the outputs of `fn(start, length)` over consecutive blocks of `range(size)` (full ones in a
+    `lax.map`, then the partial one), joined along their leading axis."""
+    full, partial = map_block_starts(fn, size, block_size)
+    full = full.reshape((-1,) + full.shape[2:])
+    return full if partial is None else jnp.concatenate([full, partial])
+
+
 def map_blocks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block_size: int, axis: int = 0) -> jax.Array:
     """Returns `fn(x)` for an `fn` that works independently along `axis`, computed `block_size` slices at a time.
 
@@ -40,7 +48,5 @@ def map_blocks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block_size: i
     size = x.shape[axis]
     if size // block_size <= 1:
         return fn(x)
-    full, partial = map_block_starts(
+    return map_block_ranges(
         lambda start, length: fn(jax.lax.dynamic_slice_in_dim(x, start, length, axis)), size, block_size)
-    full = full.reshape((-1,) + full.shape[2:])
-    return full if partial is None else jnp.concatenate([full, partial])

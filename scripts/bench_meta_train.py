@@ -136,14 +136,13 @@ def main(argv=None) -> int:
     rows = []
     for devices in args.devices:
         for one_thread in (args.one_thread_per_device if devices > 1 else ["on"]):
-            env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
             with tempfile.TemporaryDirectory() as cache_dir:
                 children = [child_command(args, devices, one_thread, cache_dir if args.compile_cache else "")]
                 if args.compile_cache:
                     children.append(children[0])
                 outputs = []
                 for command in children:
-                    done = subprocess.run(command, capture_output=True, text=True, env=env)
+                    done = subprocess.run(command, capture_output=True, text=True)
                     if done.returncode != 0:
                         print(done.stderr[-3000:], file=sys.stderr)
                         return done.returncode
