@@ -12,6 +12,7 @@ import difflib
 import importlib.util
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, List, NamedTuple, Sequence, Tuple
 
@@ -23,7 +24,9 @@ import lopt
 import tasks
 from meta_train.estimator import Estimator
 from meta_train.horizons import ConstantHorizon, Horizon, LogUniformHorizon
-from meta_train.parallel import TaskParallelism, force_host_devices, host_device_count
+from meta_train.parallel import (
+    TaskParallelism, force_host_devices, host_device_count, set_cpu_loop_unrolling, with_loop_unrolling,
+)
 from meta_train.evosax_adapter import STRATEGIES as EVOSAX_STRATEGIES
 from meta_train.evosax_adapter import EvosaxEstimator
 from meta_train.full_horizon_es import FullHorizonES
@@ -48,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.data_dir = ""
     config.compile_cache = "workdir"
+    config.xla_cpu_loop_unrolling = True
     config.task = ml_collections.ConfigDict(
         {"family": "mlp_image", "kwargs": ml_collections.ConfigDict(), "mixture": ml_collections.ConfigDict()}
     )
@@ -237,6 +241,8 @@ def _check_known_keys(config: ml_collections.ConfigDict, reference: ml_collectio
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for unknown keys or impossible values anywhere in `config`."""
     _check_known_keys(config, base_config(), "config.")
+    _require(isinstance(config.xla_cpu_loop_unrolling, bool),
+             f"xla_cpu_loop_unrolling must be True or False, got {config.xla_cpu_loop_unrolling!r}")
     mt = config.meta_train
     _require(mt.estimator in ESTIMATORS, f"meta_train.estimator must be one of {ESTIMATORS}, got {mt.estimator!r}")
     _require(mt.horizon in HORIZON_KINDS, f"meta_train.horizon must be one of {HORIZON_KINDS}, got {mt.horizon!r}")
@@ -409,6 +415,24 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as err:
         raise ConfigError(f"config.distributed: could not join the multi-process runtime: {err}") from None
+
+
+def apply_cpu_loop_unrolling(config: ml_collections.ConfigDict) -> bool:
+    """Sets XLA:CPU's loop unrolling for this process from `config.xla_cpu_loop_unrolling` (see
+    parallel.set_cpu_loop_unrolling); returns whether the setting is in effect.
+
+    Must run before anything touches a device; in a process whose backend has already started
+    (a notebook, a test) a change cannot take effect and a warning says so.
+    """
+    enabled = bool(config.xla_cpu_loop_unrolling)
+    if set_cpu_loop_unrolling(enabled):
+        return True
+    warnings.warn(
+        f"xla_cpu_loop_unrolling={enabled} has no effect: JAX's backend already started in this process; "
+        f"set XLA_FLAGS={with_loop_unrolling(os.environ.get('XLA_FLAGS', ''), enabled)!r} before starting it",
+        stacklevel=2,
+    )
+    return False
 
 
 def apply_host_devices(config: ml_collections.ConfigDict) -> int:

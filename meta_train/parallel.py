@@ -49,6 +49,45 @@ def force_host_devices(count: int, one_thread_per_device: bool = True) -> None:
         )
 
 
+NO_LOOP_UNROLLING = "xla_cpu_disable_loop_unrolling"
+_EXTRA_OPTIONS_FLAG = re.compile(r"--xla_backend_extra_options=(\S*)")
+
+
+def backend_started() -> bool:
+    """Whether JAX has already started a backend in this process (XLA_FLAGS no longer take effect)."""
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def with_loop_unrolling(flags: str, enabled: bool) -> str:
+    """Returns XLA_FLAGS text `flags` with XLA:CPU's loop unrolling on (XLA's default) or off, other options kept."""
+    match = _EXTRA_OPTIONS_FLAG.search(flags)
+    options = [o for o in (match.group(1).split(",") if match else []) if o and o.split("=")[0] != NO_LOOP_UNROLLING]
+    if not enabled:
+        options.append(NO_LOOP_UNROLLING)
+    rest = _EXTRA_OPTIONS_FLAG.sub("", flags).split()
+    return " ".join(rest + ([f"--xla_backend_extra_options={','.join(options)}"] if options else []))
+
+
+def set_cpu_loop_unrolling(enabled: bool) -> bool:
+    """Turns LLVM's loop unrolling in the code XLA:CPU generates on or off for this process (XLA_FLAGS).
+
+    Off, the meta-training programs of small tasks compile about 0.5 s (10-20 %) faster and run as
+    fast; large elementwise work runs slower (l2l_lstm's step on a 400k-parameter model: about 30 %).
+    Returns False, leaving XLA_FLAGS as it was, when JAX's backend has already started and the
+    setting would change: it can then no longer take effect.
+    """
+    current = os.environ.get("XLA_FLAGS", "")
+    flags = with_loop_unrolling(current, enabled)
+    if flags.split() == current.split():
+        return True
+    if backend_started():
+        return False
+    os.environ["XLA_FLAGS"] = flags
+    return True
+
+
 def available_cores() -> int:
     """The number of CPU cores this process may run on."""
     try:

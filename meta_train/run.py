@@ -151,6 +151,7 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
     invoked = time.perf_counter()
     config_lib.initialize_distributed(config)
     config_lib.validate(config)
+    config_lib.apply_cpu_loop_unrolling(config)
     config_lib.apply_host_devices(config)
     run = config_lib.build(config)
     workdir = prepare_workdir(workdir)
@@ -260,7 +261,7 @@ def tree_digest(tree: Any) -> str:
 
 
 RESUMABLE_CHANGES = {
-    "distributed": None, "compile_cache": None, "meta_train": ("num_steps", "parallel", "num_devices", "host_devices", "task_map"),
+    "distributed": None, "compile_cache": None, "xla_cpu_loop_unrolling": None, "meta_train": ("num_steps", "parallel", "num_devices", "host_devices", "task_map"),
 }
 
 

@@ -8,11 +8,14 @@ Each device count runs in its own child process, because the number of CPU devic
 when JAX starts (meta_train.parallel.force_host_devices). With more than one device the tasks
 are spread over them with shard_map; `--one-thread-per-device on off` compares keeping each
 device's matmuls on one thread (the default of force_host_devices) against XLA's multi-threaded
-matmuls.
+matmuls. `--loop-unrolling on off` compares XLA:CPU's loop unrolling on (its default) and off
+(config key `xla_cpu_loop_unrolling=False`, which compiles the meta-step faster), each in its
+own child process too, since it is an XLA_FLAGS setting.
 
     python scripts/bench_meta_train.py --out benchmarks/meta_train_cpu.json
     python scripts/bench_meta_train.py --devices 1 2 4 --task-maps map --one-thread-per-device on off
     python scripts/bench_meta_train.py --devices 1 2 --task-maps map vmap --compile-cache
+    python scripts/bench_meta_train.py --devices 2 --task-maps map --loop-unrolling on off --compile-cache
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--devices", nargs="*", type=int, default=[1], help="device counts (shard_map when > 1)")
     parser.add_argument("--one-thread-per-device", nargs="*", default=["on"], choices=["on", "off"],
                         help="with > 1 device: keep each device's matmuls on one thread (on) or not (off)")
+    parser.add_argument("--loop-unrolling", nargs="*", default=["on"], choices=["on", "off"],
+                        help="XLA:CPU's loop unrolling (config key xla_cpu_loop_unrolling): on (XLA's default) or off, "
+                             "which compiles faster")
     parser.add_argument("--num-tasks", type=int, default=8)
     parser.add_argument("--trunc-length", type=int, default=20)
     parser.add_argument("--horizon", type=int, default=200)
@@ -111,9 +117,9 @@ def run_child(args) -> list:
             for (task_map, chunks), run in runs.items()]
 
 
-def child_command(args, devices: int, one_thread: str, cache_dir: str = "") -> list:
+def child_command(args, devices: int, one_thread: str, unrolling: str, cache_dir: str = "") -> list:
     command = [sys.executable, os.path.abspath(__file__), "--child", "--cache-dir", cache_dir, "--devices", str(devices),
-               "--one-thread-per-device", one_thread, "--task-maps", *args.task_maps,
+               "--one-thread-per-device", one_thread, "--loop-unrolling", unrolling, "--task-maps", *args.task_maps,
                "--num-tasks", str(args.num_tasks), "--trunc-length", str(args.trunc_length),
                "--horizon", str(args.horizon), "--meta-steps", str(args.meta_steps),
                "--repeats", str(args.repeats), "--optimizer", args.optimizer]
@@ -124,8 +130,9 @@ def child_command(args, devices: int, one_thread: str, cache_dir: str = "") -> l
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
-        from meta_train.parallel import force_host_devices
+        from meta_train.parallel import force_host_devices, set_cpu_loop_unrolling
 
+        set_cpu_loop_unrolling(args.loop_unrolling[0] == "on")
         force_host_devices(args.devices[0], one_thread_per_device=args.one_thread_per_device[0] == "on")
         if args.cache_dir:
             import jax
@@ -134,10 +141,10 @@ def main(argv=None) -> int:
         print(json.dumps(run_child(args)))
         return 0
     rows = []
-    for devices in args.devices:
+    for devices, unrolling in [(d, u) for d in args.devices for u in args.loop_unrolling]:
         for one_thread in (args.one_thread_per_device if devices > 1 else ["on"]):
             with tempfile.TemporaryDirectory() as cache_dir:
-                children = [child_command(args, devices, one_thread, cache_dir if args.compile_cache else "")]
+                children = [child_command(args, devices, one_thread, unrolling, cache_dir if args.compile_cache else "")]
                 if args.compile_cache:
                     children.append(children[0])
                 outputs = []
@@ -149,6 +156,7 @@ def main(argv=None) -> int:
                     outputs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             for index, row in enumerate(outputs[0]):
                 row["one_thread_per_device"] = devices > 1 and one_thread == "on"
+                row["loop_unrolling"] = unrolling == "on"
                 if args.compile_cache:
                     row["first_meta_step_seconds_cached"] = outputs[1][index]["first_meta_step_seconds"]
                 rows.append(row)
@@ -160,13 +168,14 @@ def main(argv=None) -> int:
               "settings": {k: v for k, v in vars(args).items() if k != "child"}, "results": rows}
     print(f"PES meta-training, {args.optimizer} on digits MLP 64-32-32-10, {args.num_tasks} tasks x 2 particles, "
           f"truncation {args.trunc_length}, horizon {args.horizon}")
-    print(f"{'task_map':<10}{'devices':>8}{'1 thread':>9}{'chunks':>7}{'inner steps/s':>15}{'x first':>9}"
+    print(f"{'task_map':<10}{'devices':>8}{'1 thread':>9}{'unroll':>7}{'chunks':>7}{'inner steps/s':>15}{'x first':>9}"
           f"{'init s':>8}{'1st step s':>12}" + (f"{'cached':>8}" if args.compile_cache else ""))
     for row in rows:
         row["ratio_to_first"] = row["inner_steps_per_s"] / baseline
         chunks = "-" if row["concurrent_chunks"] is None else row["concurrent_chunks"]
         one_thread = "yes" if row["one_thread_per_device"] else "no"
-        print(f"{row['task_map']:<10}{row['devices']:>8}{one_thread:>9}{chunks:>7}{row['inner_steps_per_s']:>15,.0f}"
+        unroll = "yes" if row["loop_unrolling"] else "no"
+        print(f"{row['task_map']:<10}{row['devices']:>8}{one_thread:>9}{unroll:>7}{chunks:>7}{row['inner_steps_per_s']:>15,.0f}"
               f"{row['ratio_to_first']:>9.2f}{row['init_compile_seconds']:>8.2f}{row['first_meta_step_seconds']:>12.2f}"
               + (f"{row['first_meta_step_seconds_cached']:>8.2f}" if args.compile_cache else ""))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

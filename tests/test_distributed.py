@@ -213,3 +213,52 @@ def test_config_host_devices_splits_the_cpu_before_jax_starts():
     lines = result.stdout.strip().splitlines()
     assert lines[:2] == ["4 4", "4"]
     assert lines[2].startswith("refused: meta_train.host_devices=2: JAX's CPU backend already started with 4")
+
+
+def test_with_loop_unrolling_edits_only_its_own_backend_option():
+    from meta_train.parallel import NO_LOOP_UNROLLING, with_loop_unrolling
+
+    assert with_loop_unrolling("", True) == ""
+    assert with_loop_unrolling("--a=1", False) == f"--a=1 --xla_backend_extra_options={NO_LOOP_UNROLLING}"
+    kept = with_loop_unrolling("--xla_backend_extra_options=x,y=2 --a=1", False)
+    assert kept == f"--a=1 --xla_backend_extra_options=x,y=2,{NO_LOOP_UNROLLING}"
+    assert with_loop_unrolling(kept, True) == "--a=1 --xla_backend_extra_options=x,y=2"
+    assert with_loop_unrolling(f"--xla_backend_extra_options={NO_LOOP_UNROLLING}", True) == ""
+    assert with_loop_unrolling(kept, False) == kept
+
+
+LOOP_UNROLLING_RUN = textwrap.dedent(
+    """
+    import glob, os, sys, tempfile, warnings
+    dump = tempfile.mkdtemp()
+    os.environ["XLA_FLAGS"] = f"--xla_dump_to={dump}"
+    from meta_train import config as config_lib
+    config = config_lib.load_config("configs/quickstart.py")
+    config.xla_cpu_loop_unrolling = sys.argv[1] == "on"
+    print(config_lib.apply_cpu_loop_unrolling(config))
+    import jax, jax.numpy as jnp
+    jax.jit(lambda x: jnp.tanh(x) * jnp.exp(-x)).lower(jnp.ones(4096)).compile()
+    print(sum(len(open(f).read().splitlines()) for f in glob.glob(dump + "/*ir-with-opt.ll")))
+    config.xla_cpu_loop_unrolling = not config.xla_cpu_loop_unrolling
+    flags = os.environ["XLA_FLAGS"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        print(config_lib.apply_cpu_loop_unrolling(config), os.environ["XLA_FLAGS"] == flags)
+    print(caught[0].message)
+    """
+)
+
+
+def test_config_loop_unrolling_changes_the_generated_code_and_warns_once_jax_runs():
+    """`xla_cpu_loop_unrolling=False` (the quickstart's) makes XLA:CPU emit less code for the same program;
+    asked for once the backend runs, it leaves XLA_FLAGS alone and says why it cannot apply."""
+    outputs = {}
+    for setting in ("on", "off"):
+        result = subprocess.run([sys.executable, "-c", LOOP_UNROLLING_RUN, setting], capture_output=True, text=True,
+                                cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[setting] = result.stdout.strip().splitlines()
+    for setting, lines in outputs.items():
+        assert lines[0] == "True" and lines[2] == "False True"
+        assert lines[3].startswith(f"xla_cpu_loop_unrolling={setting == 'off'} has no effect: JAX's backend already")
+    assert 0 < int(outputs["off"][1]) < 0.9 * int(outputs["on"][1])

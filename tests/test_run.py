@@ -140,6 +140,7 @@ def test_meta_learning_rate_cosine_decays_to_its_final_fraction():
         ("--config.meta_train.meta_lr_final_fraction=0", "meta_lr_final_fraction must lie in (0, 1]"),
         ("--config.meta_train.host_devices=2", "host_devices=2 splits the CPU into devices for meta_train.parallel"),
         ("--config.meta_train.host_devices=-2", "host_devices must be -1 (one per core)"),
+        ("--config.xla_cpu_loop_unrolling=maybe", "--config.xla_cpu_loop_unrolling expects true/false"),
     ],
 )
 def test_config_mistakes_are_one_line_errors(tmp_path, tiny_config, capsys, override, message):
