@@ -17,6 +17,6 @@ def get_config():
     # the meta-learning rate cosine-decays to a tenth over the run; the last meta-params are what is
     # exported and evaluated, and over two seeds each the decayed runs ended ahead (BENCHMARKS.md)
     config.meta_train.meta_lr_decay_steps = config.meta_train.num_steps
-    # small tasks: the meta-step compiles about 0.5 s faster without LLVM's loop unrolling and runs as fast
+    # small tasks: the meta-step compiles 0.3-0.8 s faster without LLVM's loop unrolling and runs as fast
     config.xla_cpu_loop_unrolling = False
     return config

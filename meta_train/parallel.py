@@ -73,7 +73,7 @@ def with_loop_unrolling(flags: str, enabled: bool) -> str:
 def set_cpu_loop_unrolling(enabled: bool) -> bool:
     """Turns LLVM's loop unrolling in the code XLA:CPU generates on or off for this process (XLA_FLAGS).
 
-    Off, the meta-training programs of small tasks compile about 0.5 s (10-20 %) faster and run as
+    Off, the meta-training programs of small tasks compile 0.3-0.8 s (about 10 %) faster and run as
     fast; large elementwise work runs slower (l2l_lstm's step on a 400k-parameter model: about 30 %).
     Returns False, leaving XLA_FLAGS as it was, when JAX's backend has already started and the
     setting would change: it can then no longer take effect.
