@@ -261,7 +261,8 @@ def tree_digest(tree: Any) -> str:
 
 
 RESUMABLE_CHANGES = {
-    "distributed": None, "compile_cache": None, "xla_cpu_loop_unrolling": None, "meta_train": ("num_steps", "parallel", "num_devices", "host_devices", "task_map"),
+    "distributed": None, "compile_cache": None, "xla_cpu_loop_unrolling": None,
+    "meta_train": ("num_steps", "parallel", "num_devices", "host_devices", "task_map"),
 }
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def parse_args(argv=None):
@@ -134,11 +135,10 @@ def main(argv=None) -> int:
 
         set_cpu_loop_unrolling(args.loop_unrolling[0] == "on")
         force_host_devices(args.devices[0], one_thread_per_device=args.one_thread_per_device[0] == "on")
-        if args.cache_dir:
-            import jax
+        from meta_train.run import persistent_compile_cache
 
-            jax.config.update("jax_compilation_cache_dir", args.cache_dir)
-        print(json.dumps(run_child(args)))
+        with persistent_compile_cache(Path(args.cache_dir) if args.cache_dir else None):
+            print(json.dumps(run_child(args)))
         return 0
     rows = []
     for devices, unrolling in [(d, u) for d in args.devices for u in args.loop_unrolling]:
