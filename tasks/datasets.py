@@ -8,7 +8,8 @@ folder), so building many families over one dataset reads its files once.
 Sources, behind the one `load_dataset` interface: scikit-learn's bundled `digits` and
 `breast_cancer` (no files needed); files in a data folder (`data_dir=` argument, else the
 `LOPT_DATA_DIR` environment variable): `mnist/` and `fashion_mnist/` as the original idx
-`.gz` files, `cifar10/cifar10_8x8.npz` and `cifar10/cifar10_exact_subset_32x32.npz`; and any
+`.gz` files, `cifar10/cifar10_8x8.npz` and `cifar10/cifar10_exact_subset_32x32.npz` (also read as
+`cifar10_grey`, one luminance channel, the grey CIFAR-10 of Celo's meta-training tasks); and any
 (image, label) TFDS dataset as `tfds:NAME` (e.g. `tfds:mnist`), read with `tfds.data_source`
 from prepared ArrayRecord data (see tasks/tfds_source.py; `download=False` unless asked).
 Text and price series have their own loaders (tasks/text_data.py, tasks/finance_data.py).
@@ -35,9 +36,14 @@ Array = jax.Array
 NumpySplits = Dict[str, Tuple[np.ndarray, np.ndarray]]
 
 DATA_DIR_ENV = "LOPT_DATA_DIR"
-IMAGE_SIZES = {"digits": (8,), "mnist": (8, 16, 28), "fashion_mnist": (8, 16, 28), "cifar10": (8, 16, 32)}
-DATASETS = ("digits", "breast_cancer", "mnist", "fashion_mnist", "cifar10")
-_FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+IMAGE_SIZES = {
+    "digits": (8,), "mnist": (8, 16, 28), "fashion_mnist": (8, 16, 28), "cifar10": (8, 16, 32),
+    "cifar10_grey": (8, 16, 32),
+}
+DATASETS = ("digits", "breast_cancer", "mnist", "fashion_mnist", "cifar10", "cifar10_grey")
+_FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar10_grey")
+# ITU-R BT.601 luma weights, the usual RGB-to-grey conversion
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -208,7 +214,7 @@ def _load_tfds_images(
 
 def resolve_data_dir(data_dir: Optional[str], dataset: str) -> Path:
     """Returns the data folder: `data_dir` if given, else $LOPT_DATA_DIR; raises TaskError if unusable."""
-    hint = f"pass data_dir=... or set {DATA_DIR_ENV} to a folder that holds {dataset}/"
+    hint = f"pass data_dir=... or set {DATA_DIR_ENV} to a folder that holds {dataset.removesuffix('_grey')}/"
     raw = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     if not raw:
         raise TaskError(f"dataset {dataset!r} is read from files but no data folder is set; {hint}")
@@ -246,7 +252,10 @@ def _load_source(name: str, source_file: Optional[str], folder: Optional[str]) -
         return _load_sklearn_breast_cancer()
     if name in ("mnist", "fashion_mnist"):
         return _load_idx_dataset(Path(folder) / name, name)
-    return _load_cifar10(Path(folder) / "cifar10" / source_file)
+    splits, num_classes = _load_cifar10(Path(folder) / "cifar10" / source_file)
+    if name == "cifar10_grey":
+        splits = {split: (to_grey(x), y) for split, (x, y) in splits.items()}
+    return splits, num_classes
 
 
 @functools.lru_cache(maxsize=16)
@@ -254,7 +263,7 @@ def _load_numpy(
     name: str, image_size: Optional[int], folder: Optional[str]
 ) -> Tuple[NumpySplits, int, Tuple[float, ...], Tuple[float, ...]]:
     source_file = None
-    if name == "cifar10":
+    if name in ("cifar10", "cifar10_grey"):
         source_file = "cifar10_8x8.npz" if image_size == 8 else "cifar10_exact_subset_32x32.npz"
     splits, num_classes = _load_source(name, source_file, folder)
     if name in IMAGE_SIZES:
@@ -351,6 +360,12 @@ def _load_cifar10(path: Path) -> Tuple[NumpySplits, int]:
     train, valid = _carve_valid(arrays["x_train"], arrays["y_train"].astype(np.int32).reshape(-1))
     test = (arrays["x_test"], arrays["y_test"].astype(np.int32).reshape(-1))
     return {"train": train, "valid": valid, "test": test}, 10
+
+
+def to_grey(images: np.ndarray) -> np.ndarray:
+    """Returns uint8 RGB images (N, H, W, 3) as one-channel luminance images (N, H, W, 1)."""
+    grey = images.astype(np.float32) @ _LUMA_WEIGHTS
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None]
 
 
 def _area_weights(size_in: int, size_out: int) -> np.ndarray:

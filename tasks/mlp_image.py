@@ -1,7 +1,7 @@
 """Multi-layer perceptrons classifying small flattened images, with a sampled activation and init scale.
 
 Widths, image size and dataset are static (constructor arguments); the dataset is any image
-dataset `tasks.load_dataset` reads (digits, mnist, fashion_mnist, cifar10, or `tfds:NAME`).
+dataset `tasks.load_dataset` reads (digits, mnist, fashion_mnist, cifar10, cifar10_grey, or `tfds:NAME`).
 Each task samples an activation index (applied with `lax.switch`, so a vmapped batch of
 tasks may mix activations) and an init scale, log-uniform in [min_init_scale,
 max_init_scale], that multiplies a fan-in-scaled normal init: w ~ N(0, (init_scale^2) / fan_in), b = 0.
@@ -36,7 +36,7 @@ ACTIVATIONS: Dict[str, Callable[[Array], Array]] = {
     "leaky_relu": jax.nn.leaky_relu,
     "elu": jax.nn.elu,
 }
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_grey")
 
 
 def apply_activation(index: Array, x: Array, names: Sequence[str] = tuple(ACTIVATIONS)) -> Array:

@@ -294,3 +294,22 @@ def test_registered_user_family_plugs_in(monkeypatch):
     assert isinstance(tasks.get("test_constant", value=2.0), ConstantFamily)
     assert "test_constant" in tasks.registered_names()
     assert math.isclose(tasks.get("test_constant").value, 1.0)
+
+
+def test_grey_cifar10_is_the_luminance_of_the_colour_images(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "cifar10").mkdir()
+    arrays = {
+        "x_train": rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, (50,)).astype(np.int64),
+        "x_test": rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, (10,)).astype(np.int64),
+    }
+    np.savez(tmp_path / "cifar10" / "cifar10_8x8.npz", **arrays)
+    colour = load_dataset("cifar10", 8, str(tmp_path))
+    grey = load_dataset("cifar10_grey", 8, str(tmp_path))
+    assert grey.input_shape == (8, 8, 1) and colour.input_shape == (8, 8, 3)
+    expected = np.rint(np.asarray(colour.x["test"], np.float64) @ [0.299, 0.587, 0.114])
+    np.testing.assert_allclose(np.asarray(grey.x["test"][..., 0], np.float64), expected, atol=1.0)
+    family = tasks.get("mlp_image", dataset="cifar10_grey", hidden=(4,), data_dir=str(tmp_path), batch_size=4)
+    assert family.layer_sizes == (64, 4, 10)
