@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lopt import export
 from meta_train import config as config_lib
 from meta_train import report
+from meta_train.meta_loss_plot import PLOT_FILE, plot_meta_loss
 from meta_train.checkpoint import CheckpointError, Checkpointer, to_host
 from meta_train.files import write_text_atomic
 from meta_train.trainer import place_state
@@ -194,6 +195,7 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
         recorded["seconds"] = train_seconds()
         if primary:
             write_text_atomic(time_path, json.dumps({"step": done, "seconds": recorded["seconds"]}))
+            plot_meta_loss(metrics_path, workdir / PLOT_FILE, f"{config.optimizer.name} in {workdir.name}")
 
     total = int(config.meta_train.num_steps)
     schedule = config_lib.parse_phases(config.meta_train.phases, total)

@@ -89,6 +89,20 @@ def test_run_resumed_after_stop_is_bit_identical(tmp_path, tiny_config, capsys):
     full_lines = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
     part_lines = [json.loads(l) for l in (parted / "metrics.jsonl").read_text().splitlines()]
     assert [l["meta_loss"] for l in full_lines] == [l["meta_loss"] for l in part_lines]
+    assert (parted / "meta_loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_meta_loss_plot_reads_metrics_and_survives_a_cut_line(tmp_path):
+    from meta_train.meta_loss_plot import plot_meta_loss, read_meta_losses, running_mean
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps({"step": s, "meta_loss": 1.0 / s}) for s in range(1, 6)) + '\n{"step": 6, "me')
+    steps, losses = read_meta_losses(metrics)
+    np.testing.assert_array_equal(steps, [1, 2, 3, 4, 5])
+    np.testing.assert_allclose(running_mean(np.arange(1.0, 6.0), 2), [1.0, 1.5, 2.5, 3.5, 4.5])
+    assert plot_meta_loss(metrics, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+    assert not plot_meta_loss(tmp_path / "missing.jsonl", tmp_path / "none.png")
 
 
 def test_export_command_and_loaded_optimizer_give_identical_updates(tmp_path, tiny_config, capsys):
