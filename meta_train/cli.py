@@ -22,15 +22,24 @@ def meta_train_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", required=True, help="Python config file defining get_config()")
     parser.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, optimizer.lopt")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop (checkpointed and exported) once this much training time is spent, earlier "
+                             "invocations of the same workdir included")
     args, overrides = parser.parse_known_args(argv)
     try:
         from meta_train import run
 
         config = config_lib.parse_overrides(config_lib.load_config(args.config), overrides)
-        summary = run.meta_train(config, args.workdir, show_progress=not args.no_progress)
+        if args.max_minutes is not None and not args.max_minutes > 0:
+            raise config_lib.ConfigError(f"--max-minutes must be positive, got {args.max_minutes}")
+        max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
+        summary = run.meta_train(config, args.workdir, show_progress=not args.no_progress, max_seconds=max_seconds)
     except USER_ERRORS as err:
         return _fail(err)
     if summary["process_index"] == 0:
+        if summary["stopped_early"]:
+            print(f"stopped at meta-step {summary['meta_steps']} after {summary['train_seconds'] / 60:.1f} min "
+                  f"(--max-minutes); rerun the same command with a larger budget to continue")
         print(f"exported trained optimizer to {summary['export']}")
     print(f"process {summary['process_index']}: meta-params sha256 {summary['meta_params_sha256']}")
     return 0

@@ -249,3 +249,16 @@ def test_compile_cache_keeps_compiled_programs_and_restores_jax_settings(tmp_pat
     assert compile_cache_dir(config, tmp_path / "w") is None
     config.compile_cache = str(tmp_path / "shared")
     assert compile_cache_dir(config, tmp_path / "w") == tmp_path / "shared"
+
+
+def test_max_minutes_stops_early_and_the_same_command_continues(tmp_path, tiny_config, capsys):
+    workdir = tmp_path / "run"
+    code, out, err = run_cli(["--config", str(tiny_config), "--workdir", str(workdir), "--max-minutes", "1e-9"], capsys)
+    assert code == 0, err
+    assert "stopped at meta-step 0" in out and "--max-minutes" in out
+    code, out, err = run_cli(["--config", str(tiny_config), "--workdir", str(workdir)], capsys)
+    assert code == 0, err
+    assert "stopped at" not in out
+    assert lopt.export.read(workdir / "optimizer.lopt").provenance["meta_steps"] == 6
+    code, _, err = run_cli(["--config", str(tiny_config), "--workdir", str(workdir), "--max-minutes", "0"], capsys)
+    assert code == 2 and err.strip() == "error: --max-minutes must be positive, got 0.0"
