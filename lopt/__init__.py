@@ -5,6 +5,7 @@ from lopt.adafac_mlp import AdafacMLPLOpt, AdafacMLPState
 from lopt.attention_lopt import AttentionLOpt, AttentionState
 from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, get, register, registered_names
 from lopt.celo import Celo, CeloState
+from lopt.celo2 import Celo2, Celo2RuleState
 from lopt.export import ExportError, LoadedOptimizer, load, save
 from lopt.hand_designed import SGD, Adam, AdamW, HandDesigned, RMSProp, SGDMomentum
 from lopt.hyper_lstm import HyperLSTM, HyperLSTMState
@@ -15,7 +16,8 @@ from lopt import pretrained
 
 __all__ = [
     "Adam", "AdamMultiplier", "AdamW", "AdafacMLPLOpt", "AdafacMLPState", "AttentionLOpt", "AttentionState",
-    "Celo", "CeloState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState", "L2LLSTM", "L2LState",
+    "Celo", "Celo2", "Celo2RuleState", "CeloState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState",
+    "L2LLSTM", "L2LState",
     "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer", "MLPLOpt",
     "MLPLOptState", "MetaParams", "RMSProp", "SGD", "SGDMomentum", "features", "get", "load", "register",
     "pretrained", "registered_names", "save",

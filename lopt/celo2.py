@@ -1,0 +1,406 @@
+"""Celo2 (Moudgil et al., ICLR 2026): a learned per-parameter update direction, scaled by a learning rate.
+
+A ReLU MLP (two hidden layers of 8) reads 30 Adafactor-style channels per parameter of a tensor
+with two or more dimensions (15 for vectors and scalars), each normalised by its second moment
+over the tensor's last two axes, and outputs a direction that is itself normalised the same way
+(after optional Newton-Schulz orthogonalisation of the tensor's last two axes). Parameters whose
+path matches `adam_regex` take a plain Adam direction times `mult_1d` instead. The learning rate
+or schedule multiplies the combined direction: `p <- p - lr_t * (direction + weight_decay * p)`.
+
+The definitions follow the authors' code (amoudgl/celo, `celo2_optax.py`), not
+`lopt.adafactor_features`: the second moment is factored over a tensor's two largest axes
+(not its last two), the gradient is clipped to +-1000, and the normalisers use eps 1e-9.
+
+Channels, in the order of the first layer's rows (and of the authors' `w0__i` blocks):
+g, clip(g, +-0.1), p, momenta (3), rms, momenta * rsqrt(rms + 1e-8) (3), rsqrt(rms + 1e-8),
+g * F (3), g * rsqrt(rms + 1e-8), and for tensors with >= 2 dims: row second moment (3), column
+second moment (3), their rsqrt(. + 1e-8) (3 + 3), momenta * F (3); F is Adafactor's factored
+rsqrt of the second moment (per decay).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping, NamedTuple, Optional, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, NumSteps, register
+from lopt.tensor_map import map_blocks
+
+Array = jax.Array
+
+MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
+RMS_DECAY = 0.95
+ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+DEFAULT_ADAM_REGEX = r"/b$|^scale$"
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+NUM_VECTOR_CHANNELS = 15
+NUM_CHANNELS = 30
+GRAD_CLIP = 1000.0
+HIDDEN_SIZE = 8
+# Parameters the per-parameter MLP evaluates together: its [8, block] intermediates stay in cache.
+COLUMN_BLOCK = 8192
+
+
+class Celo2Moments(NamedTuple):
+    """One tensor's learned-rule accumulators, channel-major: `momenta` [3, ...], `rms` [1, ...], and the
+    Adafactor second moments `row` [3, shape without the largest axis] and `col` [3, shape without the
+    second largest] for tensors with >= 2 dims, else `full` [3, ...]."""
+
+    momenta: Array
+    rms: Array
+    row: Optional[Array]
+    col: Optional[Array]
+    full: Optional[Array]
+
+
+class Celo2RuleState(NamedTuple):
+    """Per-leaf `Celo2Moments` (a tree like the params it was given) and the step count."""
+
+    moments: Any
+    iteration: Array
+
+
+class Celo2AdamState(NamedTuple):
+    """The Adam branch's first and second moments (trees like its params), without bias correction."""
+
+    mu: Any
+    nu: Any
+
+
+class Celo2Error(LearnedOptimizerError):
+    """A Celo2 optimizer was built with invalid arguments or given meta-parameters it cannot read."""
+
+
+def factored_axes(shape: Tuple[int, ...]) -> Optional[Tuple[int, int]]:
+    """Returns (largest axis, second largest axis) of `shape` (later axes win ties), None below 2 dims."""
+    if len(shape) < 2:
+        return None
+    order = np.argsort(np.asarray(shape), kind="stable")
+    return int(order[-1]), int(order[-2])
+
+
+def parameter_path(path: Tuple[Any, ...]) -> str:
+    """Returns a pytree key path as its keys joined by "/" (e.g. "dense/b"), the string `adam_regex` is matched against."""
+    parts = []
+    for entry in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                parts.append(str(getattr(entry, attribute)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def adam_branch_labels(params: Any, adam_regex: Optional[str]) -> Any:
+    """Returns a tree like `params` labelling each leaf "adam" (its path matches `adam_regex`) or "rule"."""
+    pattern = re.compile(adam_regex) if adam_regex else None
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "adam" if pattern is not None and pattern.search(parameter_path(path)) else "rule", params)
+
+
+def _init_moments(p: Array) -> Celo2Moments:
+    shape = tuple(p.shape)
+    momenta = jnp.zeros((len(MOMENTUM_DECAYS),) + shape, jnp.float32)
+    rms = jnp.zeros((1,) + shape, jnp.float32)
+    k = len(ADAFACTOR_DECAYS)
+    axes = factored_axes(shape)
+    if axes is None:
+        return Celo2Moments(momenta, rms, None, None, jnp.zeros((k,) + shape, jnp.float32))
+    largest, second = axes
+    row = jnp.zeros((k,) + tuple(np.delete(shape, largest)), jnp.float32)
+    col = jnp.zeros((k,) + tuple(np.delete(shape, second)), jnp.float32)
+    return Celo2Moments(momenta, rms, row, col, None)
+
+
+def _ema(old: Array, value: Array, decays: Tuple[float, ...]) -> Array:
+    d = jnp.asarray(decays, jnp.float32).reshape((-1,) + (1,) * (old.ndim - 1))
+    return d * old + (1.0 - d) * value[None]
+
+
+def _update_moments(moments: Celo2Moments, g: Array) -> Celo2Moments:
+    momenta = _ema(moments.momenta, g, MOMENTUM_DECAYS)
+    rms = _ema(moments.rms, g * g, (RMS_DECAY,))
+    squared = g * g + 1e-30
+    axes = factored_axes(g.shape)
+    if axes is None:
+        return Celo2Moments(momenta, rms, None, None, _ema(moments.full, squared, ADAFACTOR_DECAYS))
+    largest, second = axes
+    row = _ema(moments.row, jnp.mean(squared, axis=largest), ADAFACTOR_DECAYS)
+    col = _ema(moments.col, jnp.mean(squared, axis=second), ADAFACTOR_DECAYS)
+    return Celo2Moments(momenta, rms, row, col, None)
+
+
+def _safe_rsqrt(x: Array) -> Array:
+    return jax.lax.rsqrt(jnp.maximum(x, 1e-9))
+
+
+def _factored_rsqrt(moments: Celo2Moments, shape: Tuple[int, ...]) -> Array:
+    """Adafactor's rsqrt second-moment estimate F [3, *shape] of one tensor (the `fac_g / g` of the authors)."""
+    axes = factored_axes(shape)
+    if axes is None:
+        return _safe_rsqrt(moments.full + 1e-9)
+    largest, second = axes
+    second_in_row = second - 1 if second > largest else second
+    row_mean = jnp.mean(moments.row, axis=1 + second_in_row, keepdims=True)
+    row_factor = _safe_rsqrt(moments.row / (row_mean + 1e-9))
+    col_factor = _safe_rsqrt(moments.col)
+    return jnp.expand_dims(row_factor, 1 + largest) * jnp.expand_dims(col_factor, 1 + second)
+
+
+def _normalize_last_two(x: Array, num_leading: int) -> Array:
+    """Scales `x` by rsqrt(1e-9 + mean square) over its last two axes (its only axis after `num_leading`)."""
+    axes = tuple(range(max(num_leading, x.ndim - 2), x.ndim))
+    return x * jax.lax.rsqrt(1e-9 + jnp.mean(jnp.square(x), axis=axes, keepdims=True))
+
+
+def tensor_channels(g: Array, p: Array, moments: Celo2Moments) -> Array:
+    """Returns one tensor's unnormalised input channels [30, *shape] (15 for fewer than 2 dims), in the
+    order of the module docstring; `g` is the clipped float32 gradient and `moments` already include it."""
+    shape = tuple(g.shape)
+    m = moments.momenta
+    rsqrt_rms = jax.lax.rsqrt(moments.rms + 1e-8)
+    factor = _factored_rsqrt(moments, shape)
+    channels = [g[None], jnp.clip(g, -0.1, 0.1)[None], p[None], m, moments.rms, m * rsqrt_rms, rsqrt_rms,
+                g[None] * factor, g[None] * rsqrt_rms]
+    axes = factored_axes(shape)
+    if axes is not None:
+        largest, second = axes
+        k = moments.row.shape[0]
+        row = jnp.broadcast_to(jnp.expand_dims(moments.row, 1 + largest), (k,) + shape)
+        col = jnp.broadcast_to(jnp.expand_dims(moments.col, 1 + second), (k,) + shape)
+        channels += [row, col, jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), m * factor]
+    return jnp.concatenate(channels, axis=0)
+
+
+def newton_schulz(x: Array, num_steps: int = 5, coeffs: Tuple[float, float, float] = NS_COEFFS,
+                  eps: float = 1e-8) -> Array:
+    """Returns the quintic Newton-Schulz orthogonalisation of `x` over its last two axes (Muon's iteration)."""
+    if x.ndim < 2:
+        raise Celo2Error(f"newton_schulz needs an array with >= 2 dims, got shape {x.shape}")
+    a, b, c = coeffs
+    transposed = x.shape[-2] > x.shape[-1]
+    if transposed:
+        x = jnp.swapaxes(x, -2, -1)
+    x = x / (jnp.linalg.norm(x, axis=(-2, -1), keepdims=True) + eps)
+    for _ in range(num_steps):
+        gram = x @ jnp.swapaxes(x, -2, -1)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return jnp.swapaxes(x, -2, -1) if transposed else x
+
+
+def _mlp_directions(mlp: MetaParams, columns: Array) -> Array:
+    """Returns the MLP's direction output [N] for normalised channel-major inputs [C, N]."""
+    hidden = jax.nn.relu(mlp["w0"][:columns.shape[0]].T @ columns + mlp["b0"][:, None])
+    hidden = jax.nn.relu(mlp["w1"].T @ hidden + mlp["b1"][:, None])
+    return (mlp["w2"].T @ hidden + mlp["b2"][:, None])[0]
+
+
+def tensor_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments, orthogonalize: bool,
+                     ns_steps: int = 5, ns_coeffs: Tuple[float, float, float] = NS_COEFFS,
+                     ns_eps: float = 1e-8) -> Array:
+    """Returns one tensor's Celo2 direction (shape of `p`, float32) from its clipped gradient and updated moments."""
+    shape = tuple(p.shape)
+    channels = tensor_channels(g, p.astype(jnp.float32), moments)
+    if not shape:
+        channels = channels[:, None]
+    normalized = _normalize_last_two(channels, 1)
+    columns = normalized.reshape(normalized.shape[0], -1)
+    direction = map_blocks(lambda block: _mlp_directions(mlp, block), columns, COLUMN_BLOCK, axis=1)
+    direction = direction.reshape(channels.shape[1:])
+    if orthogonalize and len(shape) >= 2:
+        direction = newton_schulz(direction, ns_steps, ns_coeffs, ns_eps)
+    return _normalize_last_two(direction, 0).reshape(shape)
+
+
+def scale_by_celo2_rule(
+    meta_params: MetaParams, *, orthogonalize: bool = True, ns_steps: int = 5,
+    ns_coeffs: Tuple[float, float, float] = NS_COEFFS, ns_eps: float = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    """Returns the bare learned Celo2 direction for every leaf (descent direction, no learning rate, no sign flip).
+
+    Compose it with a learning rate, e.g. `optax.chain(scale_by_celo2_rule(theta),
+    optax.scale_by_learning_rate(schedule))`; `update` needs `params`.
+    """
+    def init_fn(params):
+        return Celo2RuleState(jax.tree.map(_init_moments, params), jnp.zeros((), jnp.int32))
+
+    def update_fn(grads, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise Celo2Error("the celo2 learned optimizer needs params: call update(grads, state, params)")
+        chex.assert_trees_all_equal_shapes(grads, params)
+        grads = jax.tree.map(lambda g: jnp.clip(g.astype(jnp.float32), -GRAD_CLIP, GRAD_CLIP), grads)
+        leaves, treedef = jax.tree.flatten(grads)
+        moment_leaves = treedef.flatten_up_to(state.moments)
+        moment_leaves = [_update_moments(m, g) for m, g in zip(moment_leaves, leaves)]
+        param_leaves = treedef.flatten_up_to(params)
+        directions = [
+            tensor_direction(meta_params, g, p, m, orthogonalize, ns_steps, ns_coeffs, ns_eps).astype(p.dtype)
+            for g, p, m in zip(leaves, param_leaves, moment_leaves)
+        ]
+        new_state = Celo2RuleState(treedef.unflatten(moment_leaves), optax.safe_increment(state.iteration))
+        return treedef.unflatten(directions), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_celo2_adam(b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8) -> optax.GradientTransformation:
+    """Returns Celo2's Adam branch: m * rsqrt(v + eps) with EMAs m, v of g and g^2 and no bias correction."""
+    def init_fn(params):
+        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+        return Celo2AdamState(jax.tree.map(zeros, params), jax.tree.map(zeros, params))
+
+    def update_fn(grads, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g.astype(jnp.float32), state.mu, grads)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1.0 - b2) * jnp.square(g.astype(jnp.float32)), state.nu, grads)
+        steps = jax.tree.map(lambda m, v, g: (m * jax.lax.rsqrt(v + eps)).astype(g.dtype), mu, nu, grads)
+        return steps, Celo2AdamState(mu, nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def schedule_multiplier(schedule: str, count: Array, num_steps: NumSteps, warmup_fraction: float = 0.05,
+                        final_fraction: float = 0.0) -> Array:
+    """Returns the learning-rate multiplier at step `count` (0-based) of a `num_steps` run for a named schedule.
+
+    "constant" is 1; "cosine" decays from 1 to `final_fraction` at `num_steps`; "warmup_cosine"
+    first rises linearly over `warmup_fraction` of the run (from 1 / warmup steps to 1).
+    """
+    if schedule == "constant":
+        return jnp.ones((), jnp.float32)
+    if num_steps is None:
+        raise Celo2Error(f"the {schedule!r} schedule needs the run length: call optimizer(meta_params, num_steps=N)")
+    t = jnp.asarray(count, jnp.float32)
+    total = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    warmup = warmup_fraction * total if schedule == "warmup_cosine" else jnp.zeros((), jnp.float32)
+    ramp = jnp.where(warmup > 0, jnp.minimum((t + 1.0) / jnp.maximum(warmup, 1.0), 1.0), 1.0)
+    progress = jnp.clip((t - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    return ramp * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+
+
+def _reference_leaf_name(key: str) -> Optional[str]:
+    match = re.search(r"(w0__\d+|w\d+|b\d+)\W*$", key)
+    return match.group(1) if match else None
+
+
+def celo2_meta_params_from_reference(reference: Mapping[str, Any]) -> MetaParams:
+    """Returns lopt's Celo2 meta-params from the authors' theta (their `{"ff_mod_stack": {"~": {...}}}`
+    tree, or a flat mapping whose keys end in the haiku names `w0__<i>`, `w1`, `b0`, ... such as
+    `theta/['ff_mod_stack']['~']['w0__3']`).
+
+    The first layer's 14 input blocks are stacked in order into `w0` [30, 8]; of the 3 outputs
+    only the direction (column 0) is kept, since the authors' configuration uses exp_mult=0.
+    """
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(dict(reference))[0]:
+        name = _reference_leaf_name(parameter_path(path))
+        if name is not None:
+            flat[name] = np.asarray(leaf, np.float32)
+    blocks = sorted((int(k.split("__")[1]), v) for k, v in flat.items() if k.startswith("w0__"))
+    missing = [k for k in ("b0", "w1", "b1", "w2", "b2") if k not in flat]
+    if missing or [i for i, _ in blocks] != list(range(len(blocks))) or not blocks:
+        raise Celo2Error(f"not a Celo2 reference theta: need w0__0.. w0__N, b0, w1, b1, w2, b2; missing "
+                         f"{missing or 'w0__ blocks'} among keys {sorted(flat)}")
+    w0 = np.concatenate([v for _, v in blocks], axis=0)
+    if w0.shape[0] != NUM_CHANNELS or flat["w2"].ndim != 2:
+        raise Celo2Error(f"reference theta has {w0.shape[0]} first-layer inputs, expected {NUM_CHANNELS}")
+    return {
+        "w0": jnp.asarray(w0), "b0": jnp.asarray(flat["b0"]),
+        "w1": jnp.asarray(flat["w1"]), "b1": jnp.asarray(flat["b1"]),
+        "w2": jnp.asarray(flat["w2"][:, :1]), "b2": jnp.asarray(flat["b2"][:1]),
+    }
+
+
+@register("celo2")
+class Celo2(LearnedOptimizer):
+    """Celo2: a learned per-parameter direction (Newton-Schulz orthogonalised if `orthogonalize`) times a learning rate.
+
+    `orthogonalize=False` is the authors' Celo2-base. Leaves whose "/"-joined path matches
+    `adam_regex` (default: haiku biases `.../b` and a top-level `scale`; use e.g. `bias|embed` for
+    flax names, or "" for none) take Adam's direction times `mult_1d` instead. The step at
+    0-based step t of a `num_steps` run is `-learning_rate * schedule(t) * (direction + weight_decay * p)`.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 1e-3,
+        schedule: str = "constant",
+        warmup_fraction: float = 0.05,
+        final_fraction: float = 0.0,
+        weight_decay: float = 0.0,
+        orthogonalize: bool = True,
+        adam_regex: str = DEFAULT_ADAM_REGEX,
+        mult_1d: float = 20.0,
+        adam_b1: float = 0.9,
+        adam_b2: float = 0.95,
+        adam_eps: float = 1e-8,
+        ns_steps: int = 5,
+        ns_coeffs: Tuple[float, float, float] = NS_COEFFS,
+        ns_eps: float = 1e-8,
+    ):
+        if schedule not in SCHEDULES:
+            raise Celo2Error(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if not (learning_rate > 0 and weight_decay >= 0 and mult_1d > 0 and int(ns_steps) >= 0):
+            raise Celo2Error("need learning_rate > 0, weight_decay >= 0, mult_1d > 0 and ns_steps >= 0; got "
+                             f"{learning_rate}, {weight_decay}, {mult_1d}, {ns_steps}")
+        if not (0.0 <= warmup_fraction < 1.0 and 0.0 <= final_fraction <= 1.0):
+            raise Celo2Error(f"need 0 <= warmup_fraction < 1 and 0 <= final_fraction <= 1; got "
+                             f"{warmup_fraction}, {final_fraction}")
+        if len(tuple(ns_coeffs)) != 3:
+            raise Celo2Error(f"ns_coeffs must be 3 numbers, got {tuple(ns_coeffs)}")
+        try:
+            re.compile(adam_regex or "")
+        except re.error as error:
+            raise Celo2Error(f"adam_regex {adam_regex!r} is not a regular expression: {error}") from None
+        self.learning_rate, self.schedule = float(learning_rate), str(schedule)
+        self.warmup_fraction, self.final_fraction = float(warmup_fraction), float(final_fraction)
+        self.weight_decay, self.orthogonalize = float(weight_decay), bool(orthogonalize)
+        self.adam_regex, self.mult_1d = str(adam_regex or ""), float(mult_1d)
+        self.adam_b1, self.adam_b2, self.adam_eps = float(adam_b1), float(adam_b2), float(adam_eps)
+        self.ns_steps, self.ns_coeffs, self.ns_eps = int(ns_steps), tuple(float(c) for c in ns_coeffs), float(ns_eps)
+
+    def init(self, key: Array) -> MetaParams:
+        """Returns the MLP weights 30 -> 8 -> 8 -> 1: truncated normals (+-2 sd) of sd 1/sqrt(fan_in), zero biases."""
+        sizes = (NUM_CHANNELS, HIDDEN_SIZE, HIDDEN_SIZE, 1)
+        keys = jax.random.split(key, len(sizes) - 1)
+        params = {}
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            params[f"w{i}"] = jax.random.truncated_normal(keys[i], -2.0, 2.0, (fan_in, fan_out), jnp.float32) / math.sqrt(fan_in)
+            params[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
+        return params
+
+    def direction(self, meta_params: MetaParams) -> optax.GradientTransformationExtraArgs:
+        """Returns the combined direction (learned rule, Adam branch times mult_1d, plus weight decay) before the
+        learning rate: `optax.chain(celo2.direction(theta), optax.scale_by_learning_rate(schedule))` is the optimizer."""
+        rule = scale_by_celo2_rule(meta_params, orthogonalize=self.orthogonalize, ns_steps=self.ns_steps,
+                                   ns_coeffs=self.ns_coeffs, ns_eps=self.ns_eps)
+        adam = optax.chain(scale_by_celo2_adam(self.adam_b1, self.adam_b2, self.adam_eps),
+                           optax.add_decayed_weights(self.weight_decay), optax.scale(self.mult_1d))
+        rule = optax.chain(rule, optax.add_decayed_weights(self.weight_decay))
+        adam_regex = self.adam_regex
+        return optax.partition({"rule": rule, "adam": adam}, lambda params: adam_branch_labels(params, adam_regex))
+
+    def optimizer(
+        self, meta_params: MetaParams, *, num_steps: NumSteps = None
+    ) -> optax.GradientTransformationExtraArgs:
+        """Returns Celo2 with meta-params `meta_params` at `learning_rate` times the schedule over `num_steps`."""
+        if self.schedule != "constant" and num_steps is None:
+            raise Celo2Error(f"celo2 with schedule {self.schedule!r} needs the run length: "
+                             "call optimizer(meta_params, num_steps=N)")
+        learning_rate, schedule = self.learning_rate, self.schedule
+        warmup_fraction, final_fraction = self.warmup_fraction, self.final_fraction
+
+        def step_size(count: Array) -> Array:
+            return -learning_rate * schedule_multiplier(schedule, count, num_steps, warmup_fraction, final_fraction)
+
+        return optax.chain(self.direction(meta_params), optax.scale_by_schedule(step_size))
