@@ -34,6 +34,8 @@ from meta_train.pes import PES
 from meta_train.truncated_backprop import TruncatedBackprop
 from meta_train.truncated_es import TruncatedES
 from meta_train.trainer import Trainer
+from tasks.reparameterize import RANGES as REPARAMETERIZE_RANGES
+from tasks.reparameterize import check_choices as check_reparameterize_choices
 
 ESTIMATORS = ("pes", "truncated_es", "full_horizon_es", "tbptt", "evosax")
 HORIZON_KINDS = ("constant", "log_uniform")
@@ -53,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.compile_cache = "workdir"
     config.xla_cpu_loop_unrolling = True
     config.task = ml_collections.ConfigDict(
-        {"family": "mlp_image", "kwargs": ml_collections.ConfigDict(), "mixture": ml_collections.ConfigDict()}
+        {"family": "mlp_image", "kwargs": ml_collections.ConfigDict(), "mixture": ml_collections.ConfigDict(),
+         "reparameterize": ml_collections.ConfigDict({"levels": (), "ranges": tuple(REPARAMETERIZE_RANGES)})}
     )
     config.optimizer = ml_collections.ConfigDict({"name": "mlp", "kwargs": ml_collections.ConfigDict()})
     config.meta_train = ml_collections.ConfigDict(
@@ -241,6 +244,7 @@ def _check_known_keys(config: ml_collections.ConfigDict, reference: ml_collectio
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for unknown keys or impossible values anywhere in `config`."""
     _check_known_keys(config, base_config(), "config.")
+    reparameterize_choices(config.task.reparameterize, "config.task.reparameterize")
     _require(isinstance(config.xla_cpu_loop_unrolling, bool),
              f"xla_cpu_loop_unrolling must be True or False, got {config.xla_cpu_loop_unrolling!r}")
     mt = config.meta_train
@@ -324,31 +328,50 @@ def build_family(config: ml_collections.ConfigDict) -> Any:
 
     `config.data_dir` is passed on to families that take a `data_dir`. A mixture maps entry
     names to `{"family": NAME, "kwargs": {...}}`; each family gets its own batch of tasks.
+    `config.task.reparameterize` (levels, ranges; empty levels = off) wraps the family, or each
+    mixture entry that sets no `reparameterize` of its own, in `tasks.reparameterize`.
     """
     if len(config.task.mixture):
         families = []
         for entry_name, entry in config.task.mixture.items():
-            unknown = sorted(set(entry.keys()) - {"family", "kwargs"})
+            unknown = sorted(set(entry.keys()) - {"family", "kwargs", "reparameterize"})
             _require(isinstance(entry, ml_collections.ConfigDict) and "family" in entry and not unknown,
-                     f"config.task.mixture.{entry_name} must hold 'family' and optionally 'kwargs'"
+                     f"config.task.mixture.{entry_name} must hold 'family' and optionally 'kwargs', 'reparameterize'"
                      + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
             families.append(_one_family(config, entry.family, entry.get("kwargs", ml_collections.ConfigDict()),
-                                        f"config.task.mixture.{entry_name}"))
+                                        f"config.task.mixture.{entry_name}",
+                                        entry.get("reparameterize", config.task.reparameterize)))
         return families
-    return _one_family(config, config.task.family, config.task.kwargs, "config.task")
+    return _one_family(config, config.task.family, config.task.kwargs, "config.task", config.task.reparameterize)
 
 
-def _one_family(config: ml_collections.ConfigDict, name: str, kwargs_group: Any, where: str) -> tasks.TaskFamily:
+def reparameterize_choices(group: Any, where: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]] | None:
+    """Returns the (levels, ranges) a `reparameterize` config group selects, or None when its levels are empty (off)."""
+    _require(isinstance(group, ml_collections.ConfigDict) and not set(group.keys()) - {"levels", "ranges"},
+             f"{where} must be a group with 'levels' and optionally 'ranges'")
+    levels = group.get("levels", ())
+    if not levels:
+        return None
+    try:
+        return check_reparameterize_choices(levels, group.get("ranges", tuple(REPARAMETERIZE_RANGES)))
+    except tasks.TaskError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _one_family(config: ml_collections.ConfigDict, name: str, kwargs_group: Any, where: str,
+                reparameterize_group: Any) -> tasks.TaskFamily:
     kwargs = _kwargs(kwargs_group) if isinstance(kwargs_group, ml_collections.ConfigDict) else dict(kwargs_group)
     data_dir = config.data_dir or os.environ.get("LOPT_DATA_DIR", "")
     if data_dir and "data_dir" not in kwargs and tasks.accepts_argument(name, "data_dir"):
         kwargs["data_dir"] = data_dir
+    choices = reparameterize_choices(reparameterize_group, f"{where}.reparameterize")
     try:
-        return tasks.get(name, **kwargs)
+        family = tasks.get(name, **kwargs)
     except tasks.TaskError as err:
         raise ConfigError(f"{where}: {err}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: cannot build {name!r}: {err}") from None
+    return family if choices is None else tasks.reparameterize(family, *choices)
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> lopt.LearnedOptimizer:

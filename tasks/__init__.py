@@ -13,6 +13,7 @@ from tasks.cnn_image import CNNImageFamily
 from tasks.transformer_lm import TransformerLMFamily
 from tasks.few_shot import FewShotFamily
 from tasks.finance import FinanceFamily
+from tasks.reparameterize import ReparameterizedFamily, reparameterize
 
 __all__ = [
     "SPLITS",
@@ -24,6 +25,7 @@ __all__ = [
     "LogisticRegressionFamily",
     "MLPImageFamily",
     "QuadraticFamily",
+    "ReparameterizedFamily",
     "Task",
     "TaskError",
     "TaskFamily",
@@ -37,6 +39,7 @@ __all__ = [
     "load_text",
     "register",
     "registered_names",
+    "reparameterize",
     "single_task_family",
     "validate",
 ]
