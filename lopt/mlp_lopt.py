@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence, Tuple
 
 import chex
@@ -81,6 +82,12 @@ def pack_columns(pieces: Sequence[Array], width: int) -> Array:
     return packed
 
 
+def mup_step_scale(shape: Sequence[int]) -> float:
+    """Returns the maximal-update (muLO) factor on one tensor's step: 1 / fan_in for a weight of rank >= 2,
+    where fan_in is the product of all axes but the last, and 1 for vectors and scalars."""
+    return 1.0 / math.prod(shape[:-1]) if len(shape) >= 2 else 1.0
+
+
 # Below this many parameters per chunk, splitting costs more in dispatch than the cores win back.
 MIN_CHUNK_COLUMNS = 512
 
@@ -107,6 +114,18 @@ class MLPLOpt(LearnedOptimizer):
     runs on separate cores: 2 makes one step of a 3,466-parameter model about 20 % faster on two
     cores, but slows vmapped PES meta-training, so it is off by default and meant for applying a
     trained optimizer (`lopt.pretrained.load(name, concurrent_chunks=2)`).
+
+    With `mup=True` (muLO, Therien et al., ICLR 2026: the maximal-update parameterisation of this
+    optimizer) each tensor's step is multiplied by `mup_step_scale(shape)`: a weight of rank >= 2
+    is read as `[fan_in, ..., fan_out]`, its last axis the outputs and all other axes the inputs
+    (a `[fan_in, fan_out]` matrix, an HWIO conv kernel), and its step is divided by its fan-in;
+    vectors (biases, norm scales) and scalars are not scaled. The inputs need no change: each is
+    normalised per tensor, so the MLP's output is of order one whatever the width. Hidden and
+    output layers' steps thus shrink as 1/width, as muP prescribes for Adam-like entrywise updates;
+    an input layer's fan-in is the data's input size, so its factor does not change with width.
+    (muLO instead leaves input layers unscaled, by per-tensor multipliers its tasks supply.) The
+    task's side of muP, a readout initialised with variance 1/fan_in^2, is
+    `tasks.get("mlp_image", mup=True)`. `mup=False` computes exactly the updates it always has.
     """
 
     def __init__(
@@ -119,6 +138,7 @@ class MLPLOpt(LearnedOptimizer):
         block_size: int = 32768,
         fraction_features: bool = False,
         concurrent_chunks: int = 1,
+        mup: bool = False,
     ):
         if not all(int(h) >= 1 for h in hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive widths, got {tuple(hidden_sizes)}")
@@ -127,6 +147,8 @@ class MLPLOpt(LearnedOptimizer):
                 "need step_mult > 0, exp_mult >= 0, block_size >= 1 and concurrent_chunks >= 1; got "
                 f"{step_mult}, {exp_mult}, {block_size}, {concurrent_chunks}"
             )
+        if not isinstance(mup, bool):
+            raise ValueError(f"mup must be True or False, got {mup!r}")
         if not all(0.0 <= float(d) < 1.0 for d in momentum_decays):
             raise ValueError(f"momentum_decays must lie in [0, 1), got {tuple(momentum_decays)}")
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
@@ -137,6 +159,7 @@ class MLPLOpt(LearnedOptimizer):
         self.block_size = int(block_size)
         self.fraction_features = bool(fraction_features)
         self.concurrent_chunks = int(concurrent_chunks)
+        self.mup = bool(mup)
 
     @property
     def num_param_features(self) -> int:
@@ -165,6 +188,7 @@ class MLPLOpt(LearnedOptimizer):
         block_size = self.block_size
         use_fraction = self.fraction_features
         concurrent_chunks = self.concurrent_chunks
+        use_mup = self.mup
 
         def init_fn(params):
             return MLPLOptState(
@@ -237,6 +261,8 @@ class MLPLOpt(LearnedOptimizer):
                 for i, x in zip(small, inputs):
                     leaf_steps[i] = steps[offset:offset + x.shape[1]]
                     offset += x.shape[1]
+            if use_mup:
+                leaf_steps = [steps * mup_step_scale(p.shape) for steps, p in zip(leaf_steps, param_leaves)]
             updates = [(-steps).reshape(p.shape).astype(p.dtype) for steps, p in zip(leaf_steps, param_leaves)]
             new_state = MLPLOptState(momenta=tuple(momenta), iteration=state.iteration + 1)
             return jax.tree.unflatten(treedef, updates), new_state

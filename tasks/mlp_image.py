@@ -5,6 +5,9 @@ dataset `tasks.load_dataset` reads (digits, mnist, fashion_mnist, cifar10, cifar
 Each task samples an activation index (applied with `lax.switch`, so a vmapped batch of
 tasks may mix activations) and an init scale, log-uniform in [min_init_scale,
 max_init_scale], that multiplies a fan-in-scaled normal init: w ~ N(0, (init_scale^2) / fan_in), b = 0.
+With `mup=True` the output layer (the readout) starts at w ~ N(0, init_scale^2 / fan_in^2) instead:
+the task's side of the maximal-update parameterisation (muP), for optimizers that scale each
+tensor's step by 1 / fan_in (small_fc_lopt with `mup=True`).
 
 Loss: mean softmax cross-entropy. Normaliser: loss / log(num_classes), the loss of a uniform
 prediction, so about 1 at initialisation and towards 0 when trained.
@@ -82,15 +85,19 @@ class MLPImageTask(ImageClassificationTask):
         self.layer_sizes = family.layer_sizes
         self.activations = family.activations
         self.batch_size = family.batch_size
+        self.mup = family.mup
         self.cfg = cfg
 
     def init(self, key: Array) -> Params:
-        """Returns fan-in-scaled normal weights times the task's init scale, and zero biases."""
+        """Returns fan-in-scaled normal weights times the task's init scale (the readout's divided by fan_in
+        with `mup`), and zero biases."""
         shapes = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
         draws = jax.random.normal(key, (sum(a * b for a, b in shapes),), jnp.float32)
         params, start = {}, 0
         for i, (fan_in, fan_out) in enumerate(shapes):
             w = draws[start: start + fan_in * fan_out].reshape(fan_in, fan_out) / math.sqrt(fan_in)
+            if self.mup and i == len(shapes) - 1:
+                w = w / math.sqrt(fan_in)
             start += fan_in * fan_out
             params[f"layer_{i}"] = {"w": (w * self.cfg["init_scale"]).astype(jnp.float32),
                                     "b": jnp.zeros((fan_out,), jnp.float32)}
@@ -132,6 +139,7 @@ class MLPImageFamily(TaskFamily):
         max_examples: Optional[int] = None,
         tfds_data_dir: Optional[str] = None,
         download: bool = False,
+        mup: bool = False,
     ):
         if not is_image_dataset(dataset):
             raise TaskError(
@@ -148,6 +156,8 @@ class MLPImageFamily(TaskFamily):
             raise TaskError(
                 f"mlp_image hidden widths and batch_size must be positive, got {tuple(hidden)}, {batch_size}"
             )
+        if not isinstance(mup, bool):
+            raise TaskError(f"mlp_image mup must be True or False, got {mup!r}")
         self.dataset_name = dataset
         self.hidden = tuple(int(h) for h in hidden)
         self.image_size = int(image_size)
@@ -156,6 +166,7 @@ class MLPImageFamily(TaskFamily):
         self.init_scale_range = (float(min_init_scale), float(max_init_scale))
         self.activations = tuple(activations)
         self.max_examples = max_examples
+        self.mup = bool(mup)
         self.data = load_dataset(
             dataset, self.image_size, data_dir, max_examples, tfds_data_dir=tfds_data_dir, download=download
         )
