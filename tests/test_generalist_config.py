@@ -1,0 +1,59 @@
+"""configs/generalist.py: its task distribution is what it says, and a stopped run resumes bit for bit (data folder needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import lopt
+import tasks
+from meta_train import config as config_lib
+from meta_train.cli import meta_train_main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SMALL = ["--config.meta_train.trunc_length=5", "--config.meta_train.horizon_min=10",
+         "--config.meta_train.horizon_max=30", "--config.checkpoint.every=2", "--config.log_every=1",
+         "--config.meta_train.host_devices=0", "--config.meta_train.parallel=none", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> str:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"configs/generalist.py reads the data folder; none at {SHARED_DATA}")
+    return str(SHARED_DATA)
+
+
+def test_generalist_trains_celo2_on_four_reparameterised_8x8_mlp_families(data_dir):
+    config = config_lib.load_config(REPO / "configs" / "generalist.py")
+    config.data_dir = data_dir
+    config.meta_train.host_devices = 0
+    config.meta_train.parallel = "none"
+    run = config_lib.build(config)
+    assert isinstance(run.learned_optimizer, lopt.get("celo2").__class__)
+    families = run.family
+    assert len(families) == 4
+    names = set()
+    for family in families:
+        assert isinstance(family, tasks.ReparameterizedFamily)
+        assert family.base.layer_sizes[1:] == (32, 10) and family.base.batch_size == 64
+        names.add(family.base.dataset_name)
+    assert names == {"mnist", "fashion_mnist", "cifar10_grey", "digits"}
+    assert config.meta_train.trunc_length == 50 and config.meta_train.horizon_max == 2000
+
+
+def test_generalist_run_resumes_bit_for_bit(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("LOPT_DATA_DIR", data_dir)
+    config = str(REPO / "configs" / "generalist.py")
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    assert meta_train_main(["--config", config, "--workdir", str(full), "--config.meta_train.num_steps=4"] + SMALL) == 0
+    assert meta_train_main(["--config", config, "--workdir", str(parted), "--config.meta_train.num_steps=2"] + SMALL) == 0
+    assert meta_train_main(["--config", config, "--workdir", str(parted), "--config.meta_train.num_steps=4"] + SMALL) == 0
+    assert "resumed from checkpoint at meta-step 2" in capsys.readouterr().err
+    a, b = lopt.export.read(full / "optimizer.lopt"), lopt.export.read(parted / "optimizer.lopt")
+    for x, y in zip(jax.tree.leaves(a.meta_params), jax.tree.leaves(b.meta_params)):
+        np.testing.assert_array_equal(x, y)
+    assert (parted / "meta_loss.png").exists()
