@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, NumSteps, register
-from lopt.tensor_map import map_blocks
+from lopt.tensor_map import map_block_ranges, map_block_starts, map_blocks
 
 Array = jax.Array
 
@@ -204,26 +204,121 @@ def _mlp_directions(mlp: MetaParams, columns: Array) -> Array:
     return (mlp["w2"].T @ hidden + mlp["b2"][:, None])[0]
 
 
+def _finish_direction(direction: Array, shape: Tuple[int, ...], orthogonalize: bool, ns_steps: int,
+                      ns_coeffs: Tuple[float, float, float], ns_eps: float) -> Array:
+    if orthogonalize and len(shape) >= 2:
+        direction = newton_schulz(direction, ns_steps, ns_coeffs, ns_eps)
+    return _normalize_last_two(direction, 0).reshape(shape)
+
+
 def tensor_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments, orthogonalize: bool,
                      ns_steps: int = 5, ns_coeffs: Tuple[float, float, float] = NS_COEFFS,
-                     ns_eps: float = 1e-8) -> Array:
-    """Returns one tensor's Celo2 direction (shape of `p`, float32) from its clipped gradient and updated moments."""
+                     ns_eps: float = 1e-8, block_size: int = COLUMN_BLOCK) -> Array:
+    """Returns one tensor's Celo2 direction (shape of `p`, float32) from its clipped gradient and updated moments,
+    computed literally (every channel materialised, normalised, then the MLP), the definition that the packed and
+    blocked `rule_directions` is tested against."""
     shape = tuple(p.shape)
     channels = tensor_channels(g, p.astype(jnp.float32), moments)
     if not shape:
         channels = channels[:, None]
     normalized = _normalize_last_two(channels, 1)
     columns = normalized.reshape(normalized.shape[0], -1)
-    direction = map_blocks(lambda block: _mlp_directions(mlp, block), columns, COLUMN_BLOCK, axis=1)
+    direction = map_blocks(lambda block: _mlp_directions(mlp, block), columns, block_size, axis=1)
     direction = direction.reshape(channels.shape[1:])
-    if orthogonalize and len(shape) >= 2:
-        direction = newton_schulz(direction, ns_steps, ns_coeffs, ns_eps)
-    return _normalize_last_two(direction, 0).reshape(shape)
+    return _finish_direction(direction, shape, orthogonalize, ns_steps, ns_coeffs, ns_eps)
+
+
+# The per-parameter channels of a matrix (all but its row and column statistics), as rows of the first layer.
+_PER_PARAMETER_ROWS = np.r_[0:NUM_VECTOR_CHANNELS, NUM_CHANNELS - len(ADAFACTOR_DECAYS):NUM_CHANNELS]
+
+
+def _matrix_block_channels(g: Array, p: Array, m: Array, rms: Array, row_factor: Array, col_factor: Array) -> Array:
+    """Returns a block of a matrix's per-parameter channels [18, rows * cols] (`_PER_PARAMETER_ROWS` order)."""
+    rsqrt_rms = jax.lax.rsqrt(rms + 1e-8)
+    factor = row_factor * col_factor
+    channels = jnp.concatenate([g[None], jnp.clip(g, -0.1, 0.1)[None], p[None], m, rms[None], m * rsqrt_rms[None],
+                                rsqrt_rms[None], g[None] * factor, (g * rsqrt_rms)[None], m * factor])
+    return channels.reshape(channels.shape[0], -1)
+
+
+def matrix_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments,
+                           block_size: int = COLUMN_BLOCK) -> Array:
+    """Returns a matrix's raw MLP direction (before orthogonalisation and output normalisation); a matrix of more
+    than 2 * block_size parameters is computed `block_size` parameters at a time, so that no [channels, size]
+    array of the whole matrix is written.
+
+    Its 12 row and column statistic channels are per-row and per-column vectors, so their
+    first-layer contributions are computed once per row and per column; the normalisation of the
+    other 18 channels is folded into the first layer after a statistics pass over the blocks.
+    """
+    num_rows, num_cols = p.shape
+    largest, second = factored_axes(p.shape)
+    k = moments.row.shape[0]
+    second_in_row = second - 1 if second > largest else second
+    row_mean = jnp.mean(moments.row, axis=1 + second_in_row, keepdims=True)
+    # Statistics indexed by matrix row have shape [k, R, 1], those indexed by column [k, 1, C].
+    by_row = lambda stats, axis: jnp.expand_dims(stats, 1 + axis)
+    factors = (by_row(_safe_rsqrt(moments.row / (row_mean + 1e-9)), largest), by_row(_safe_rsqrt(moments.col), second))
+    w0 = mlp["w0"]
+    statistic_rows = NUM_VECTOR_CHANNELS + np.arange(4 * k).reshape(4, k)
+    contributions = []
+    for stats, direct_rows, inverse_rows, axis in ((moments.row, statistic_rows[0], statistic_rows[2], largest),
+                                                   (moments.col, statistic_rows[1], statistic_rows[3], second)):
+        inverse = jax.lax.rsqrt(stats + 1e-8)
+        scaled = jnp.concatenate([
+            stats * jax.lax.rsqrt(1e-9 + jnp.mean(jnp.square(stats), axis=1, keepdims=True)),
+            inverse * jax.lax.rsqrt(1e-9 + jnp.mean(jnp.square(inverse), axis=1, keepdims=True))])
+        contributions.append(by_row(jnp.concatenate([w0[direct_rows], w0[inverse_rows]]).T @ scaled, axis))
+    row_indexed = lambda x: x.shape[1] == num_rows and x.shape[2] == 1
+    block_rows = max(1, block_size // num_cols)
+
+    def block_channels(start, size):
+        rows = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, start, size, axis)
+        block_factors = [rows(f, 1) if row_indexed(f) else f for f in factors]
+        return _matrix_block_channels(rows(g, 0), rows(p, 0), rows(moments.momenta, 1), rows(moments.rms[0], 0),
+                                      *block_factors)
+
+    if p.size <= 2 * block_size:
+        block_rows = num_rows
+        sums = jnp.sum(jnp.square(block_channels(0, num_rows)), axis=1)
+    else:
+        full_sums, partial_sums = map_block_starts(
+            lambda start, size: jnp.sum(jnp.square(block_channels(start, size)), axis=1), num_rows, block_rows)
+        sums = jnp.sum(full_sums, axis=0) + (0.0 if partial_sums is None else partial_sums)
+    scales = jax.lax.rsqrt(1e-9 + sums / p.size)
+    first_weight = (w0[_PER_PARAMETER_ROWS] * scales[:, None]).T
+
+    def block_direction(start, size):
+        extra = sum(jax.lax.dynamic_slice_in_dim(c, start, size, 1) if row_indexed(c) else c for c in contributions)
+        first = (first_weight @ block_channels(start, size)).reshape(w0.shape[1], size, num_cols)
+        hidden = jax.nn.relu(first + extra + mlp["b0"][:, None, None]).reshape(w0.shape[1], -1)
+        hidden = jax.nn.relu(mlp["w1"].T @ hidden + mlp["b1"][:, None])
+        return (mlp["w2"].T @ hidden + mlp["b2"][:, None])[0].reshape(size, num_cols)
+
+    if block_rows == num_rows:
+        return block_direction(0, num_rows)
+    return map_block_ranges(block_direction, num_rows, block_rows)
+
+
+def rule_directions(mlp: MetaParams, grads: list, params: list, moments: list, orthogonalize: bool,
+                    ns_steps: int = 5, ns_coeffs: Tuple[float, float, float] = NS_COEFFS, ns_eps: float = 1e-8,
+                    block_size: int = COLUMN_BLOCK) -> list:
+    """Returns the Celo2 directions (float32, shapes of `params`) of lists of tensors: clipped float32 gradients,
+    parameters and their updated moments. Matrices go through `matrix_direction`, other tensors through
+    `tensor_direction`."""
+    directions = []
+    for g, p, m in zip(grads, params, moments):
+        if p.ndim == 2:
+            raw = matrix_direction(mlp, g, p.astype(jnp.float32), m, block_size)
+            directions.append(_finish_direction(raw, p.shape, orthogonalize, ns_steps, ns_coeffs, ns_eps))
+        else:
+            directions.append(tensor_direction(mlp, g, p, m, orthogonalize, ns_steps, ns_coeffs, ns_eps, block_size))
+    return directions
 
 
 def scale_by_celo2_rule(
     meta_params: MetaParams, *, orthogonalize: bool = True, ns_steps: int = 5,
-    ns_coeffs: Tuple[float, float, float] = NS_COEFFS, ns_eps: float = 1e-8,
+    ns_coeffs: Tuple[float, float, float] = NS_COEFFS, ns_eps: float = 1e-8, block_size: int = COLUMN_BLOCK,
 ) -> optax.GradientTransformationExtraArgs:
     """Returns the bare learned Celo2 direction for every leaf (descent direction, no learning rate, no sign flip).
 
@@ -243,10 +338,9 @@ def scale_by_celo2_rule(
         moment_leaves = treedef.flatten_up_to(state.moments)
         moment_leaves = [_update_moments(m, g) for m, g in zip(moment_leaves, leaves)]
         param_leaves = treedef.flatten_up_to(params)
-        directions = [
-            tensor_direction(meta_params, g, p, m, orthogonalize, ns_steps, ns_coeffs, ns_eps).astype(p.dtype)
-            for g, p, m in zip(leaves, param_leaves, moment_leaves)
-        ]
+        directions = rule_directions(meta_params, leaves, param_leaves, moment_leaves, orthogonalize, ns_steps,
+                                     ns_coeffs, ns_eps, block_size)
+        directions = [d.astype(p.dtype) for d, p in zip(directions, param_leaves)]
         new_state = Celo2RuleState(treedef.unflatten(moment_leaves), optax.safe_increment(state.iteration))
         return treedef.unflatten(directions), new_state
 

@@ -245,3 +245,20 @@ def test_bad_arguments_are_one_line_errors():
     params = {"w": jnp.ones((2, 2))}
     with pytest.raises(ValueError, match="needs params"):
         tx.update(params, tx.init(params))
+
+
+@pytest.mark.parametrize("shape, block_size", [((40, 24), 8192), ((24, 40), 8192), ((7, 7), 8192), ((90, 13), 64),
+                                               ((13, 90), 64), ((33, 50), 100)])
+def test_matrix_path_matches_the_literal_definition(shape, block_size):
+    """The folded, rank-1 and (for small block sizes) blocked matrix path equals the materialised channels path."""
+    theta = jax.tree.map(lambda x: x + 0.05, lopt.get("celo2").init(jax.random.key(0)))
+    keys = jax.random.split(jax.random.key(9), 3)
+    p = jax.random.normal(keys[0], shape)
+    moments = celo2_lib._init_moments(p)
+    for key in keys[1:]:
+        g = jax.random.normal(key, shape) * jnp.linspace(0.1, 2.0, shape[1])
+        moments = celo2_lib._update_moments(moments, g)
+    for orthogonalize in (False, True):
+        expected = celo2_lib.tensor_direction(theta, g, p, moments, orthogonalize)
+        got = celo2_lib.rule_directions(theta, [g], [p], [moments], orthogonalize, block_size=block_size)[0]
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=2e-4, atol=2e-5)
