@@ -215,8 +215,8 @@ def tensor_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments,
                      ns_steps: int = 5, ns_coeffs: Tuple[float, float, float] = NS_COEFFS,
                      ns_eps: float = 1e-8, block_size: int = COLUMN_BLOCK) -> Array:
     """Returns one tensor's Celo2 direction (shape of `p`, float32) from its clipped gradient and updated moments,
-    computed literally (every channel materialised, normalised, then the MLP), the definition that the packed and
-    blocked `rule_directions` is tested against."""
+    computed literally: every channel materialised, normalised, then the MLP. Tensors other than matrices use it;
+    the folded and blocked `matrix_direction` is tested against it."""
     shape = tuple(p.shape)
     channels = tensor_channels(g, p.astype(jnp.float32), moments)
     if not shape:
@@ -242,7 +242,7 @@ def _matrix_block_channels(g: Array, p: Array, m: Array, rms: Array, row_factor:
 
 
 def matrix_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments,
-                           block_size: int = COLUMN_BLOCK) -> Array:
+                     block_size: int = COLUMN_BLOCK) -> Array:
     """Returns a matrix's raw MLP direction (before orthogonalisation and output normalisation); a matrix of more
     than 2 * block_size parameters is computed `block_size` parameters at a time, so that no [channels, size]
     array of the whole matrix is written.
@@ -256,9 +256,9 @@ def matrix_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments,
     k = moments.row.shape[0]
     second_in_row = second - 1 if second > largest else second
     row_mean = jnp.mean(moments.row, axis=1 + second_in_row, keepdims=True)
-    # Statistics indexed by matrix row have shape [k, R, 1], those indexed by column [k, 1, C].
-    by_row = lambda stats, axis: jnp.expand_dims(stats, 1 + axis)
-    factors = (by_row(_safe_rsqrt(moments.row / (row_mean + 1e-9)), largest), by_row(_safe_rsqrt(moments.col), second))
+    # A statistic that drops matrix axis a broadcasts along it: [k, 1, C] for a = 0, [k, R, 1] (row-indexed) for a = 1.
+    expand = lambda stats, axis: (jnp.expand_dims(stats, 1 + axis), axis == 1)
+    factors = (expand(_safe_rsqrt(moments.row / (row_mean + 1e-9)), largest), expand(_safe_rsqrt(moments.col), second))
     w0 = mlp["w0"]
     statistic_rows = NUM_VECTOR_CHANNELS + np.arange(4 * k).reshape(4, k)
     contributions = []
@@ -268,13 +268,12 @@ def matrix_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments,
         scaled = jnp.concatenate([
             stats * jax.lax.rsqrt(1e-9 + jnp.mean(jnp.square(stats), axis=1, keepdims=True)),
             inverse * jax.lax.rsqrt(1e-9 + jnp.mean(jnp.square(inverse), axis=1, keepdims=True))])
-        contributions.append(by_row(jnp.concatenate([w0[direct_rows], w0[inverse_rows]]).T @ scaled, axis))
-    row_indexed = lambda x: x.shape[1] == num_rows and x.shape[2] == 1
+        contributions.append(expand(jnp.concatenate([w0[direct_rows], w0[inverse_rows]]).T @ scaled, axis))
     block_rows = max(1, block_size // num_cols)
 
     def block_channels(start, size):
         rows = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, start, size, axis)
-        block_factors = [rows(f, 1) if row_indexed(f) else f for f in factors]
+        block_factors = [rows(f, 1) if row_indexed else f for f, row_indexed in factors]
         return _matrix_block_channels(rows(g, 0), rows(p, 0), rows(moments.momenta, 1), rows(moments.rms[0], 0),
                                       *block_factors)
 
@@ -289,7 +288,8 @@ def matrix_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments,
     first_weight = (w0[_PER_PARAMETER_ROWS] * scales[:, None]).T
 
     def block_direction(start, size):
-        extra = sum(jax.lax.dynamic_slice_in_dim(c, start, size, 1) if row_indexed(c) else c for c in contributions)
+        extra = sum(jax.lax.dynamic_slice_in_dim(c, start, size, 1) if row_indexed else c
+                    for c, row_indexed in contributions)
         first = (first_weight @ block_channels(start, size)).reshape(w0.shape[1], size, num_cols)
         hidden = jax.nn.relu(first + extra + mlp["b0"][:, None, None]).reshape(w0.shape[1], -1)
         hidden = jax.nn.relu(mlp["w1"].T @ hidden + mlp["b1"][:, None])
