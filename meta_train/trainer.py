@@ -10,6 +10,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
+from meta_train.clipped_losses import ClippedLossWatch
 from meta_train.estimator import Estimator
 from meta_train.horizons import Horizon
 from meta_train.parallel import TaskParallelism
@@ -72,7 +73,9 @@ class Trainer:
     `meta_loss/<family name>`.
 
     A non-finite meta-gradient is not applied (the step still advances the inner runs) and
-    is counted in the metrics as `skipped_update`.
+    is counted in the metrics as `skipped_update`. Normalised losses above `max_meta_loss`
+    are clipped to it and counted as `num_clipped`; when more than half of a meta-step's
+    losses are clipped, `step` prints a one-line warning (once), since they carry no signal.
     """
 
     def __init__(
@@ -108,6 +111,9 @@ class Trainer:
         self.max_meta_loss = float(max_meta_loss)
         TruncatedUnroll(families[0], learned_optimizer, horizon, meta_loss, max_meta_loss)  # validates arguments
         self._phase_masks: Dict[str, Any] = {}
+        self.clipped_loss_watch = ClippedLossWatch(
+            self.family_names, self.inner_steps_per_meta_step // len(families), self.max_meta_loss
+        )
         replicated, by_task = self.parallelism.replicated_sharding(), self.parallelism.task_sharding()
         if replicated is None:
             self._init = jax.jit(self._init_impl)
@@ -209,7 +215,8 @@ class Trainer:
             k: sum(r[2][k] for r in results) / (1 if k.startswith("num_") else len(results)) for k in results[0][2]
         }
         for name, result in zip(self.family_names, results):
-            metrics[f"meta_loss/{name}"] = result[2]["meta_loss"]
+            for key in ("meta_loss", "num_clipped", "median_normalized_loss"):
+                metrics[f"{key}/{name}"] = result[2][key]
         return gradient, tuple(r[1] for r in results), metrics
 
     def phase_mask(self, meta_params: Any, phase: str = "all") -> Any:
@@ -225,7 +232,9 @@ class Trainer:
         """Runs one meta-step (one jitted call); `mask` (see phase_mask) limits which meta-params change."""
         if mask is None:
             mask = self.phase_mask(state.meta_params)
-        return self._step(state, self.family, mask)
+        new_state, metrics = self._step(state, self.family, mask)
+        self.clipped_loss_watch.observe(new_state.step, metrics)
+        return new_state, metrics
 
     @property
     def inner_steps_per_meta_step(self) -> int:

@@ -35,12 +35,18 @@ class TaskState(NamedTuple):
 
 
 class TruncationResult(NamedTuple):
-    """Per-step outputs of one truncation for one task: losses are [steps, particles]."""
+    """Per-step outputs of one truncation for one task: losses are [steps, particles].
+
+    `normalized_losses` are before clipping (NaN where not finite); `clipped` counts the finite
+    ones above `max_meta_loss`, which the meta-loss replaces by that constant.
+    """
 
     meta_losses: Array
     raw_losses: Array
     resets: Array
     nonfinite: Array
+    normalized_losses: Array
+    clipped: Array
 
 
 def _where_tree(condition: Array, on_true: Any, on_false: Any) -> Any:
@@ -123,14 +129,16 @@ class TruncatedUnroll:
                 particle_meta_params, state.params, state.opt_state
             )
             finite = jnp.isfinite(meta_loss) & jnp.isfinite(raw_loss)
-            clipped = jnp.where(finite, jnp.minimum(meta_loss, self.max_meta_loss), self.max_meta_loss)
+            bounded = jnp.where(finite, jnp.minimum(meta_loss, self.max_meta_loss), self.max_meta_loss)
+            num_clipped = jnp.sum(finite & (meta_loss > self.max_meta_loss)).astype(jnp.int32)
             diverged = ~jnp.all(finite) | ~_tree_all_finite(params)
             step = state.step + 1
             reset = (step >= state.horizon) | diverged
             stepped = TaskState(state.cfg, params, opt_state, step, state.horizon)
             new_state = _where_tree(reset, fresh, stepped)
             nonfinite = jnp.sum(~finite).astype(jnp.int32)
-            return new_state, TruncationResult(clipped, raw_loss, reset, nonfinite)
+            normalized = jnp.where(finite, meta_loss, jnp.nan)
+            return new_state, TruncationResult(bounded, raw_loss, reset, nonfinite, normalized, num_clipped)
 
         step_keys = jax.random.split(steps_key, num_steps)
         return jax.lax.scan(one_step, state, step_keys)
@@ -164,6 +172,8 @@ def truncation_metrics(result: TruncationResult, meta_loss: Array, resets: Array
         "inner_loss": jnp.mean(jnp.where(jnp.isfinite(result.raw_losses), result.raw_losses, 0.0)),
         "num_nonfinite": jnp.sum(result.nonfinite),
         "num_restarts": jnp.sum(resets.astype(jnp.int32)),
+        "num_clipped": jnp.sum(result.clipped),
+        "median_normalized_loss": jnp.nanmedian(result.normalized_losses),
     }
 
 

@@ -38,7 +38,9 @@ def test_one_truncation_per_run_gives_the_exact_gradient():
     gradient, _, metrics = estimate_once(unroll, TruncatedBackprop(num_tasks=3, trunc_length=12), theta)
     for e, g in zip(jax.tree.leaves(exact), jax.tree.leaves(gradient)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=2e-4, atol=1e-7)
-    assert set(metrics) == {"meta_loss", "inner_loss", "num_nonfinite", "num_restarts"}
+    assert set(metrics) == {
+        "meta_loss", "inner_loss", "num_nonfinite", "num_restarts", "num_clipped", "median_normalized_loss"
+    }
     assert int(metrics["num_restarts"]) == 3
     np.testing.assert_allclose(float(metrics["meta_loss"]), float(exact_loss), rtol=1e-6)
 
