@@ -79,12 +79,28 @@ def test_init_is_truncated_normal_with_fan_in_scale():
     assert all(not np.any(np.asarray(theta[b])) for b in ("b0", "b1", "b2"))
 
 
+def direct_newton_schulz(x, num_steps=5, coeffs=(3.4445, -4.7750, 2.0315), eps=1e-8):
+    """Muon's quintic iteration on a wide matrix, in numpy float64."""
+    a, b, c = coeffs
+    x = x / (np.linalg.norm(x) + eps)
+    for _ in range(num_steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x
+
+
 def test_newton_schulz_gives_singular_values_near_one():
     x = jax.random.normal(jax.random.key(0), (3, 24, 40)) * jnp.linspace(0.1, 10.0, 40)
     for matrix in (x, jnp.swapaxes(x, -2, -1)):
         singular = np.linalg.svd(np.asarray(celo2_lib.newton_schulz(matrix)), compute_uv=False)
         assert singular.shape == (3, 24)
         assert np.all(singular > 0.6) and np.all(singular < 1.25), singular
+    # Square (direct iteration) and 4:1 (Gram-matrix iteration) shapes agree with a float64 direct iteration.
+    for shape in ((16, 16), (12, 48)):
+        matrix = jax.random.normal(jax.random.key(2), shape) * jnp.linspace(0.05, 2.0, shape[1])
+        expected = direct_newton_schulz(np.asarray(matrix, np.float64))
+        np.testing.assert_allclose(np.asarray(celo2_lib.newton_schulz(matrix)), expected, atol=2e-5)
+        np.testing.assert_allclose(np.asarray(celo2_lib.newton_schulz(matrix.T)), expected.T, atol=2e-5)
     before = np.linalg.svd(np.asarray(x), compute_uv=False)
     assert np.max(before) / np.min(before) > 5.0
     with pytest.raises(ValueError, match=">= 2 dims"):
