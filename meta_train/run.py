@@ -175,7 +175,8 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
     state = trainer.init(jax.random.key(config.seed))
     start = 0
     if checkpointer.latest_step() is not None:
-        state = place_state(checkpointer.restore(state), trainer.parallelism, trainer.estimator)
+        restored, _ = checkpointer.restore_newest_readable(state)
+        state = place_state(restored, trainer.parallelism, trainer.estimator)
         start = int(state.step)
         if primary or jax.process_count() > 1:
             who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
@@ -289,8 +290,12 @@ def export_workdir(workdir: str | os.PathLike, out: Optional[str | os.PathLike] 
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep)
     if checkpointer.latest_step() is None:
         raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'} to export")
-    state = checkpointer.restore(run.trainer.init(jax.random.key(config.seed)))
-    checkpointer.close()
+    try:
+        state, _ = checkpointer.restore_newest_readable(
+            run.trainer.init(jax.random.key(config.seed)), move_aside=False
+        )
+    finally:
+        checkpointer.close()
     return export.save(
         Path(out) if out else workdir / EXPORT_FILE, run.learned_optimizer,
         jax.device_get(state.meta_params), provenance(config, int(state.step)),
