@@ -303,12 +303,12 @@ def matrix_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments,
             lambda start, size: jnp.sum(jnp.square(block_channels(start, size)), axis=1), num_rows, block_rows)
         sums = jnp.sum(full_sums, axis=0) + (0.0 if partial_sums is None else partial_sums)
     scales = jax.lax.rsqrt(1e-9 + sums / p.size)
-    first_weight = (w0[_PER_PARAMETER_ROWS] * scales[:, None]).T
+    first_weight = w0[_PER_PARAMETER_ROWS].T
 
     def block_direction(start, size):
         extra = sum(jax.lax.dynamic_slice_in_dim(c, start, size, 1) if row_indexed else c
                     for c, row_indexed in contributions)
-        first = (first_weight @ block_channels(start, size)).reshape(w0.shape[1], size, num_cols)
+        first = (first_weight @ (block_channels(start, size) * scales[:, None])).reshape(w0.shape[1], size, num_cols)
         hidden = jax.nn.relu(first + extra + mlp["b0"][:, None, None]).reshape(w0.shape[1], -1)
         hidden = jax.nn.relu(mlp["w1"].T @ hidden + mlp["b1"][:, None])
         return (mlp["w2"].T @ hidden + mlp["b2"][:, None])[0].reshape(size, num_cols)
@@ -503,14 +503,21 @@ class Celo2(LearnedOptimizer):
         return optax.partition({"rule": rule, "adam": adam}, lambda params: adam_branch_labels(params, adam_regex))
 
     def optimizer(
-        self, meta_params: MetaParams, *, num_steps: NumSteps = None
+        self, meta_params: MetaParams, *, num_steps: NumSteps = None, learning_rate: Optional[Any] = None
     ) -> optax.GradientTransformationExtraArgs:
-        """Returns Celo2 with meta-params `meta_params` at `learning_rate` times the schedule over `num_steps`."""
+        """Returns Celo2 with meta-params `meta_params` at `learning_rate` times the schedule over `num_steps`.
+
+        `learning_rate` (a float or a scalar array, possibly traced, e.g. one drawn per task) overrides
+        the constructor's.
+        """
         if self.schedule != "constant" and num_steps is None:
             raise Celo2Error(f"celo2 with schedule {self.schedule!r} needs the run length: "
                              "call optimizer(meta_params, num_steps=N)")
-        learning_rate, schedule = self.learning_rate, self.schedule
-        warmup_fraction, final_fraction = self.warmup_fraction, self.final_fraction
+        if learning_rate is None:
+            learning_rate = self.learning_rate
+        else:
+            chex.assert_shape(learning_rate, ())
+        schedule, warmup_fraction, final_fraction = self.schedule, self.warmup_fraction, self.final_fraction
 
         def step_size(count: Array) -> Array:
             return -learning_rate * schedule_multiplier(schedule, count, num_steps, warmup_fraction, final_fraction)

@@ -201,6 +201,24 @@ def test_schedule_scales_every_step_by_its_multiplier(schedule):
             np.testing.assert_allclose(np.asarray(u), expected * np.asarray(v), rtol=1e-5, atol=1e-10)
 
 
+def test_a_traced_learning_rate_scales_the_step_under_vmap():
+    optimizer = lopt.get("celo2", learning_rate=1.0)
+    theta = optimizer.init(jax.random.key(0))
+    params = {"layer": {"w": jax.random.normal(jax.random.key(10), (6, 4)), "b": jnp.ones((4,))}}
+    grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
+
+    def first_update(learning_rate):
+        tx = optimizer.optimizer(theta, num_steps=10, learning_rate=learning_rate)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    rates = jnp.asarray([1e-4, 3e-3, 2e-2])
+    batched = jax.jit(jax.vmap(first_update))(rates)
+    unit = first_update(1.0)
+    for i, rate in enumerate(np.asarray(rates)):
+        for u, v in zip(jax.tree.leaves(batched), jax.tree.leaves(unit)):
+            np.testing.assert_allclose(np.asarray(u[i]), rate * np.asarray(v), rtol=1e-5, atol=1e-5 * rate)
+
+
 def test_bare_direction_composes_with_an_optax_schedule():
     optimizer = lopt.get("celo2", learning_rate=2e-3, schedule="cosine", final_fraction=0.05)
     theta = optimizer.init(jax.random.key(0))
