@@ -4,8 +4,10 @@ A ReLU MLP (two hidden layers of 8) reads 30 Adafactor-style channels per parame
 with two or more dimensions (15 for vectors and scalars), each normalised by its second moment
 over the tensor's last two axes, and outputs a direction that is itself normalised the same way
 (after optional Newton-Schulz orthogonalisation of the tensor's last two axes). Parameters whose
-path matches `adam_regex` take a plain Adam direction times `mult_1d` instead. The learning rate
-or schedule multiplies the combined direction: `p <- p - lr_t * (direction + weight_decay * p)`.
+path matches `adam_regex` take a plain Adam direction instead. The learning rate or schedule
+multiplies the combined direction: `p <- p - lr_t * (direction + weight_decay * p)` for the learned
+rule, whose direction has RMS 1 per tensor (per last-two-axes slice), so each such step has RMS
+lr_t; `p <- p - lr_t * mult_1d * (adam + weight_decay * p)` for the Adam branch, as in the authors' code.
 
 The definitions follow the authors' code (amoudgl/celo, `celo2_optax.py`), not
 `lopt.adafactor_features`: the second moment is factored over a tensor's two largest axes
