@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from meta_train import config as config_lib
+from meta_train import interruption
 
 USER_ERRORS = (ValueError, OSError, RuntimeError)
 
@@ -17,7 +18,11 @@ def _fail(err: BaseException) -> int:
 
 
 def meta_train_main(argv: Optional[List[str]] = None) -> int:
-    """`lopt-meta-train --config FILE [--config.key=value ...] --workdir DIR`: runs or resumes meta-training."""
+    """`lopt-meta-train --config FILE [--config.key=value ...] --workdir DIR`: runs or resumes meta-training.
+
+    SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption) finishes the current meta-step, saves a
+    checkpoint and exits with 130 or 143; a second signal exits at once.
+    """
     parser = argparse.ArgumentParser(prog="lopt-meta-train", description="Meta-train a learned optimizer from a config file.")
     parser.add_argument("--config", required=True, help="Python config file defining get_config()")
     parser.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, optimizer.lopt")
@@ -33,9 +38,18 @@ def meta_train_main(argv: Optional[List[str]] = None) -> int:
         if args.max_minutes is not None and not args.max_minutes > 0:
             raise config_lib.ConfigError(f"--max-minutes must be positive, got {args.max_minutes}")
         max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
-        summary = run.meta_train(config, args.workdir, show_progress=not args.no_progress, max_seconds=max_seconds)
+        with interruption.graceful_stop() as stop:
+            summary = run.meta_train(config, args.workdir, show_progress=not args.no_progress,
+                                     max_seconds=max_seconds, stop=stop)
     except USER_ERRORS as err:
         return _fail(err)
+    if summary["interrupted_by"]:
+        if summary["process_index"] == 0:
+            saved = (f"checkpoint at meta-step {summary['saved_step']} saved in {summary['workdir']}"
+                     if summary["saved_step"] is not None else "stopped before the first meta-step, nothing to save")
+            print(f"interrupted by {summary['interrupted_by']}: {saved}; rerun the same command to resume",
+                  file=sys.stderr)
+        return summary["exit_status"]
     if summary["process_index"] == 0:
         if summary["stopped_early"]:
             print(f"stopped at meta-step {summary['meta_steps']} after {summary['train_seconds'] / 60:.1f} min "

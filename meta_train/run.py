@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -26,6 +27,8 @@ from meta_train import report
 from meta_train.meta_loss_plot import PLOT_FILE, plot_meta_loss
 from meta_train.checkpoint import CheckpointError, Checkpointer, to_host
 from meta_train.files import write_text_atomic
+from meta_train.folder_lock import FolderLockedError, folder_lock
+from meta_train.interruption import StopRequest, exit_status
 from meta_train.trainer import place_state
 
 METRICS_FILE = "metrics.jsonl"
@@ -95,6 +98,15 @@ def _seconds_before(path: Path, start: int) -> float:
         return 0.0
 
 
+def _any_process(flag: bool) -> bool:
+    """Returns whether `flag` is set on any process (a signal may reach only some of them)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def _all_agree(flag: bool) -> bool:
     """Returns process 0's `flag` on every process (so all stop at the same meta-step)."""
     if jax.process_count() == 1:
@@ -135,20 +147,23 @@ def compile_cache_dir(config: ml_collections.ConfigDict, workdir: str | os.PathL
 
 def meta_train(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, show_progress: bool = True,
-    max_seconds: Optional[float] = None,
+    max_seconds: Optional[float] = None, stop: Optional[StopRequest] = None,
 ) -> Dict[str, Any]:
     """Runs (or resumes) the meta-training described by `config` in `workdir`; returns a summary.
 
     With `max_seconds`, training stops early (checkpointed and exported as usual) once the run's
     wall-clock time, summed over resumed invocations, reaches it; `summary["meta_steps"]` is
-    then the number of meta-steps done. Compiled programs are kept in `config.compile_cache`
-    (default WORKDIR/compile_cache), so a resumed run starts without compiling again.
+    then the number of meta-steps done. Once `stop` (see interruption.graceful_stop) is
+    requested, the current meta-step finishes, a checkpoint is written and the run returns
+    without exporting or evaluating, `summary["interrupted_by"]` naming the signal. Compiled
+    programs are kept in `config.compile_cache` (default WORKDIR/compile_cache), so a resumed
+    run starts without compiling again. The workdir is locked (WORKDIR/lock.json) while it runs.
     """
     with persistent_compile_cache(compile_cache_dir(config, workdir)):
-        return _meta_train(config, workdir, show_progress, max_seconds)
+        return _meta_train(config, workdir, show_progress, max_seconds, stop)
 
 
-def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
+def _meta_train(config, workdir, show_progress, max_seconds, stop) -> Dict[str, Any]:
     invoked = time.perf_counter()
     config_lib.initialize_distributed(config)
     config_lib.validate(config)
@@ -156,6 +171,14 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
     config_lib.apply_host_devices(config)
     run = config_lib.build(config)
     workdir = prepare_workdir(workdir)
+    with folder_lock(workdir, "lopt-meta-train", primary=jax.process_index() == 0, all_agree=_all_agree) as lock:
+        if stop is not None and lock is not None:
+            stop.on_immediate_exit(lock.release)
+        return _train(config, run, workdir, lock, stop, invoked, show_progress, max_seconds)
+
+
+def _train(config, run, workdir, lock, stop, invoked, show_progress, max_seconds) -> Dict[str, Any]:
+    """The body of `meta_train` once the workdir is locked."""
     primary = jax.process_index() == 0
     saved_config = workdir / CONFIG_FILE
     config_json = json.loads(config.to_json_best_effort())
@@ -174,10 +197,11 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep)
     state = trainer.init(jax.random.key(config.seed))
     start = 0
+    watch_signals, stop = stop is not None, stop or StopRequest()
     if checkpointer.latest_step() is not None:
         restored, _ = checkpointer.restore_newest_readable(state)
         state = place_state(restored, trainer.parallelism, trainer.estimator)
-        start = int(state.step)
+        start = stop.last_saved_step = int(state.step)
         if primary or jax.process_count() > 1:
             who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
             print(f"{who}resumed from checkpoint at meta-step {start} in {workdir}", file=sys.stderr)
@@ -192,7 +216,10 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
         return seconds_before + time.perf_counter() - invoked
 
     def save(done: int) -> None:
+        if not _all_agree(lock is None or lock.still_held()):
+            raise FolderLockedError(f"another run took over the lock of {workdir}; stopped without saving")
         checkpointer.save(done, state)
+        stop.last_saved_step = done
         recorded["seconds"] = train_seconds()
         if primary:
             write_text_atomic(time_path, json.dumps({"step": done, "seconds": recorded["seconds"]}))
@@ -207,10 +234,14 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
     window_start, window_steps = time.perf_counter(), 0
     compile_seconds = None
     done = saved_at = start
+    interrupted = False
     try:
         with metrics_path.open("a") as log:
             for step in range(start, total):
                 if max_seconds is not None and _all_agree(train_seconds() >= max_seconds):
+                    break
+                if watch_signals and _any_process(stop.requested()):
+                    interrupted = True
                     break
                 began = time.perf_counter()
                 phase = config_lib.phase_at(schedule, step)
@@ -240,6 +271,10 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
         progress.close()
         checkpointer.close()
 
+    if interrupted:
+        return {"workdir": str(workdir), "meta_steps": done, "saved_step": stop.last_saved_step,
+                "interrupted_by": stop.signal_name or "a signal to another process",
+                "exit_status": stop.exit_status or exit_status(signal.SIGTERM), "process_index": jax.process_index()}
     meta_params = to_host(state.meta_params)
     export_path = workdir / EXPORT_FILE
     if primary:
@@ -247,7 +282,8 @@ def _meta_train(config, workdir, show_progress, max_seconds) -> Dict[str, Any]:
     summary = {"workdir": str(workdir), "meta_steps": done, "export": str(export_path),
                "train_seconds": recorded["seconds"], "stopped_early": done < total,
                "compile_seconds": compile_seconds, "last_metrics": last,
-               "meta_params_sha256": tree_digest(meta_params), "process_index": jax.process_index()}
+               "meta_params_sha256": tree_digest(meta_params), "process_index": jax.process_index(),
+               "interrupted_by": None}
     if config.eval.enabled and primary:
         summary["evaluation"] = report.evaluate_run(config, run, meta_params, workdir)
     return summary
