@@ -122,7 +122,7 @@ def test_orthogonalised_step_of_a_random_matrix_is_near_orthogonal():
     steps = {}
     for name, opt in (("orthogonal", optimizer), ("plain", plain)):
         tx = opt.optimizer(theta)
-        steps[name] = tx.update(grads, tx.init(params), params)[0]["w"]
+        steps[name] = jax.jit(tx.update)(grads, tx.init(params), params)[0]["w"]
     spread = singular_value_spread(steps["orthogonal"])
     # The quintic's fixed point is not 1: five iterations leave singular values in about [0.68, 1.13].
     assert spread.max() / spread.min() < 1.13 / 0.68, spread
@@ -142,11 +142,11 @@ def test_regex_routes_exactly_the_matched_leaves_to_adam():
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
     optimizer = lopt.get("celo2", adam_regex=r"/b$|^scale$|bias", learning_rate=1e-2)
     tx = optimizer.optimizer(optimizer.init(jax.random.key(0)))
-    state = tx.init(params)
+    state, update = tx.init(params), jax.jit(tx.update)
     # Adam without bias correction: m = 0.1 g, v = 0.05 g^2, step = lr * mult_1d * m / sqrt(v + eps) twice.
     m, v = 0.0, 0.0
     for _ in range(2):
-        updates, state = tx.update(grads, state, params)
+        updates, state = update(grads, state, params)
         m, v = 0.9 * m + 0.1 * 0.3, 0.95 * v + 0.05 * 0.09
         expected = -1e-2 * 20.0 * m / np.sqrt(v + 1e-8)
         for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
@@ -163,8 +163,8 @@ def test_weight_decay_adds_lr_times_decay_times_params():
     grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
     with_decay = optimizer_wd.optimizer(theta)
     without = optimizer.optimizer(theta)
-    a = with_decay.update(grads, with_decay.init(params), params)[0]["layer"]
-    b = without.update(grads, without.init(params), params)[0]["layer"]
+    a = jax.jit(with_decay.update)(grads, with_decay.init(params), params)[0]["layer"]
+    b = jax.jit(without.update)(grads, without.init(params), params)[0]["layer"]
     w, bias = np.asarray(params["layer"]["w"]), np.asarray(params["layer"]["b"])
     np.testing.assert_allclose(np.asarray(a["w"] - b["w"]), -1e-2 * 0.1 * w, rtol=1e-4, atol=1e-9)
     # The Adam branch's decay is scaled by mult_1d too, as in the authors' code.
@@ -172,9 +172,9 @@ def test_weight_decay_adds_lr_times_decay_times_params():
 
 
 def run_updates(tx, params, grads, num_updates):
-    state, out = tx.init(params), []
+    state, out, update = tx.init(params), [], jax.jit(tx.update)
     for _ in range(num_updates):
-        updates, state = tx.update(grads, state, params)
+        updates, state = update(grads, state, params)
         out.append(updates)
     return out
 
@@ -245,7 +245,7 @@ def test_works_under_vmap_over_theta():
 
     batched = jax.jit(jax.vmap(two_updates))(jax.tree.map(lambda *x: jnp.stack(x), *thetas))
     for i, theta in enumerate(thetas):
-        single = two_updates(theta)
+        single = jax.jit(two_updates)(theta)
         for u, v in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
             np.testing.assert_allclose(np.asarray(u[i]), np.asarray(v), rtol=1e-5, atol=1e-9)
     assert not np.allclose(np.asarray(batched["w"][0]), np.asarray(batched["w"][1]))
@@ -293,6 +293,7 @@ def test_matrix_path_matches_the_literal_definition(shape, block_size):
         g = jax.random.normal(key, shape) * jnp.linspace(0.1, 2.0, shape[1])
         moments = celo2_lib._update_moments(moments, g)
     for orthogonalize in (False, True):
-        expected = celo2_lib.tensor_direction(theta, g, p, moments, orthogonalize)
-        got = celo2_lib.rule_directions(theta, [g], [p], [moments], orthogonalize, block_size=block_size)[0]
+        expected = jax.jit(lambda *args: celo2_lib.tensor_direction(*args, orthogonalize))(theta, g, p, moments)
+        got = jax.jit(lambda th, g, p, m: celo2_lib.rule_directions(
+            th, [g], [p], [m], orthogonalize, block_size=block_size)[0])(theta, g, p, moments)
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=2e-4, atol=2e-5)
