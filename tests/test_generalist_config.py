@@ -57,3 +57,19 @@ def test_generalist_run_resumes_bit_for_bit(tmp_path, data_dir, capsys, monkeypa
     for x, y in zip(jax.tree.leaves(a.meta_params), jax.tree.leaves(b.meta_params)):
         np.testing.assert_array_equal(x, y)
     assert (parted / "meta_loss.png").exists()
+
+
+def test_every_ablation_row_is_a_valid_config_that_changes_one_lever(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ablation", REPO / "scripts" / "bench_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    recipe = config_lib.load_config(REPO / "configs" / "generalist.py")
+    for row in ablation.ROWS:
+        path = tmp_path / f"{row}.py"
+        path.write_text(ablation.row_config_source(ablation.ROWS[row]))
+        config = config_lib.load_config(path)
+        config_lib.validate(config)
+        changed = {key for key in ("task", "optimizer", "meta_train") if config[key].to_dict() != recipe[key].to_dict()}
+        assert changed == ({"task"} if row == "no_augmentation" else set() if row == "recipe" else {"optimizer"}), row
