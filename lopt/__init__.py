@@ -9,7 +9,8 @@ from lopt.celo import Celo, CeloState
 from lopt.celo2 import Celo2, Celo2RuleState
 from lopt.celo_lo import CeloLO, CeloLOState
 from lopt.export import ExportError, LoadedOptimizer, load, save
-from lopt.hand_designed import SGD, Adam, AdamW, HandDesigned, RMSProp, SGDMomentum
+from lopt.hand_designed import (SGD, Adam, AdamCosine, AdamW, AdamWCosine, HandDesigned, Muon, RMSProp,
+                                 ScheduleFreeAdamW, SGDMomentum)
 from lopt.hyper_lstm import HyperLSTM, HyperLSTMState
 from lopt.l2l_lstm import L2LLSTM, L2LState
 from lopt.learned_adam import AdamMultiplier, LearnedAdam, LearnedAdamState
@@ -20,6 +21,7 @@ from lopt.published import PublishedCheckpointError, import_learned_optimization
 
 __all__ = [
     "Adam", "AdamMultiplier", "AdamW", "AdafacMLPLOpt", "AdafacMLPState", "AttentionLOpt", "AttentionState",
+    "AdamCosine", "AdamWCosine", "Muon", "ScheduleFreeAdamW",
     "Celo", "Celo2", "Celo2RuleState", "CeloState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState",
     "L2LLSTM", "L2LState",
     "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer", "MLPLOpt",

@@ -1,7 +1,9 @@
-"""Hand-designed baselines (Adam, AdamW, SGD, SGD with momentum, RMSprop) behind the learned-optimizer contract.
+"""Hand-designed baselines behind the learned-optimizer contract.
 
-Their only meta-parameter is the log learning rate, so a learning-rate grid search and
-meta-learning that one scalar use the same code path as any learned optimizer.
+Adam, AdamW, SGD, SGD with momentum, RMSprop, Adam and AdamW under a warm-up and cosine
+schedule, and optax.contrib's Muon and schedule-free AdamW. Their only meta-parameter is the
+log learning rate, so a learning-rate grid search and meta-learning that one scalar use the
+same code path as any learned optimizer.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ class HandDesigned(LearnedOptimizer):
     def base_transformation(self, learning_rate: Array) -> optax.GradientTransformation:
         """Returns the underlying optax transformation for `learning_rate`."""
         raise NotImplementedError
+
+    def evaluation_params(self, opt_state: optax.OptState, params: optax.Params) -> optax.Params:
+        """Returns the parameters a loss should be measured at: `params` itself, except for averaging optimizers."""
+        del opt_state
+        return params
 
     def optimizer(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
@@ -124,6 +131,23 @@ class RMSProp(HandDesigned):
         return optax.rmsprop(learning_rate, decay=self.decay, eps=self.eps)
 
 
+def warmup_cosine_multiplier(count: Array, num_steps: NumSteps, warmup_fraction: float, final_fraction: float) -> Array:
+    """Returns the learning-rate multiplier at step `count`: a linear rise over the first `warmup_fraction` of
+    `num_steps`, then a cosine decay to `final_fraction` at `num_steps`."""
+    total = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    warmup = warmup_fraction * total
+    t = jnp.asarray(count, jnp.float32)
+    ramp = jnp.where(warmup > 0, jnp.minimum((t + 1.0) / jnp.maximum(warmup, 1.0), 1.0), 1.0)
+    progress = jnp.clip((t - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    return ramp * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+
+
+def _check_fractions(warmup_fraction: float, final_fraction: float) -> None:
+    if not (0.0 <= warmup_fraction < 1.0 and 0.0 <= final_fraction <= 1.0):
+        raise ValueError(
+            f"need 0 <= warmup_fraction < 1 and 0 <= final_fraction <= 1; got {warmup_fraction}, {final_fraction}")
+
+
 @register("adam_cosine")
 class AdamCosine(Adam):
     """Adam under a linear-warmup, cosine-decay schedule spanning the run's `num_steps`.
@@ -135,29 +159,95 @@ class AdamCosine(Adam):
 
     def __init__(self, learning_rate: float = 1e-3, warmup_fraction: float = 0.05, final_fraction: float = 0.01):
         super().__init__(learning_rate)
-        if not (0.0 <= warmup_fraction < 1.0 and 0.0 <= final_fraction <= 1.0):
-            raise ValueError(
-                f"need 0 <= warmup_fraction < 1 and 0 <= final_fraction <= 1; got {warmup_fraction}, {final_fraction}")
+        _check_fractions(warmup_fraction, final_fraction)
         self.warmup_fraction, self.final_fraction = float(warmup_fraction), float(final_fraction)
+
+    def direction(self) -> optax.GradientTransformation:
+        """Returns the unscheduled update direction: Adam's scaling."""
+        return optax.scale_by_adam(b1=self.b1, b2=self.b2, eps=self.eps)
 
     def optimizer(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
-        """Returns Adam whose step size follows the warmup-cosine schedule over `num_steps` steps."""
+        """Returns the direction whose step size follows the warmup-cosine schedule over `num_steps` steps."""
         if num_steps is None:
-            raise ValueError("adam_cosine needs the run length: call optimizer(meta_params, num_steps=N)")
+            raise ValueError(f"{self.name} needs the run length: call optimizer(meta_params, num_steps=N)")
         learning_rate = jnp.exp(meta_params["log_learning_rate"])
-        total = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
-        warmup = self.warmup_fraction * total
-        final_fraction = self.final_fraction
 
         def step_size(count: Array) -> Array:
-            t = jnp.asarray(count, jnp.float32)
-            ramp = jnp.where(warmup > 0, jnp.minimum((t + 1.0) / jnp.maximum(warmup, 1.0), 1.0), 1.0)
-            progress = jnp.clip((t - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
-            decay = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-            return -learning_rate * ramp * decay
+            return -learning_rate * warmup_cosine_multiplier(count, num_steps, self.warmup_fraction, self.final_fraction)
 
-        adam = optax.chain(
-            optax.scale_by_adam(b1=self.b1, b2=self.b2, eps=self.eps), optax.scale_by_schedule(step_size))
-        return keep_gradient_dtype(optax.with_extra_args_support(adam))
+        scheduled = optax.chain(self.direction(), optax.scale_by_schedule(step_size))
+        return keep_gradient_dtype(optax.with_extra_args_support(scheduled))
+
+
+@register("adamw_cosine")
+class AdamWCosine(AdamCosine):
+    """AdamW (decoupled weight decay, scaled by the scheduled learning rate as in optax.adamw) under AdamCosine's
+    linear warm-up and cosine decay over the run's `num_steps`."""
+
+    def __init__(self, learning_rate: float = 1e-3, weight_decay: float = 1e-4, warmup_fraction: float = 0.05,
+                 final_fraction: float = 0.01):
+        super().__init__(learning_rate, warmup_fraction, final_fraction)
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.weight_decay = float(weight_decay)
+
+    def direction(self) -> optax.GradientTransformation:
+        """Returns Adam's scaling followed by the decoupled weight decay."""
+        return optax.chain(super().direction(), optax.add_decayed_weights(self.weight_decay))
+
+
+@register("muon")
+class Muon(HandDesigned):
+    """optax.contrib.muon: Newton-Schulz-orthogonalised Nesterov momentum for 2-D weight matrices and AdamW for every
+    other parameter, both at one learning rate.
+
+    optax's default routing is kept: every 2-D array (output layers and embeddings included)
+    takes the Muon branch, and higher-rank arrays (convolution kernels) the AdamW one.
+    """
+
+    def __init__(self, learning_rate: float = 0.02, beta: float = 0.95, weight_decay: float = 0.0):
+        super().__init__(learning_rate)
+        if not (0.0 <= beta < 1.0 and weight_decay >= 0):
+            raise ValueError(f"muon needs 0 <= beta < 1 and weight_decay >= 0, got {beta}, {weight_decay}")
+        self.beta, self.weight_decay = float(beta), float(weight_decay)
+
+    def base_transformation(self, learning_rate: Array) -> optax.GradientTransformation:
+        """Returns optax.contrib.muon."""
+        return optax.contrib.muon(learning_rate, beta=self.beta, weight_decay=self.weight_decay)
+
+
+@register("schedule_free_adamw")
+class ScheduleFreeAdamW(HandDesigned):
+    """optax.contrib.schedule_free_adamw (Defazio et al. 2024) with a linear warm-up over `warmup_fraction` of the run.
+
+    Gradients are taken at the interpolated point the optimizer keeps as its parameters; losses
+    are meant to be measured at the averaged point, `evaluation_params(opt_state, params)`.
+    """
+
+    def __init__(self, learning_rate: float = 2.5e-3, warmup_fraction: float = 0.05, b1: float = 0.9,
+                 weight_decay: float = 0.0):
+        super().__init__(learning_rate)
+        if not (0.0 <= warmup_fraction < 1.0 and 0.0 < b1 < 1.0 and weight_decay >= 0):
+            raise ValueError("schedule_free_adamw needs 0 <= warmup_fraction < 1, 0 < b1 < 1 and weight_decay >= 0; "
+                             f"got {warmup_fraction}, {b1}, {weight_decay}")
+        self.warmup_fraction, self.b1, self.weight_decay = float(warmup_fraction), float(b1), float(weight_decay)
+
+    def optimizer(
+        self, meta_params: MetaParams, *, num_steps: NumSteps = None
+    ) -> optax.GradientTransformationExtraArgs:
+        """Returns schedule-free AdamW; warm-up needs a concrete `num_steps` (none without it)."""
+        warmup_steps = None
+        if num_steps is not None and self.warmup_fraction > 0:
+            if isinstance(num_steps, jax.core.Tracer):
+                raise ValueError("schedule_free_adamw needs a concrete num_steps for its warm-up (or warmup_fraction=0)")
+            warmup_steps = max(1, round(self.warmup_fraction * int(num_steps)))
+        learning_rate = jnp.exp(meta_params["log_learning_rate"])
+        schedule_free = optax.contrib.schedule_free_adamw(
+            learning_rate, warmup_steps=warmup_steps, b1=self.b1, weight_decay=self.weight_decay)
+        return keep_gradient_dtype(schedule_free)
+
+    def evaluation_params(self, opt_state: optax.OptState, params: optax.Params) -> optax.Params:
+        """Returns the averaged iterate x, where schedule-free's losses are measured (optax's schedule_free_eval_params)."""
+        return optax.contrib.schedule_free_eval_params(opt_state, params)
