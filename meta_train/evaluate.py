@@ -15,6 +15,11 @@ from tasks.base import TaskFamily
 Array = jax.Array
 
 HELD_OUT_OFFSET = 1_000_003
+SPEEDUP_WINDOW = 10
+SPEEDUP_DEFINITION = (
+    f"budget / the step from which the {SPEEDUP_WINDOW}-step running mean of the training loss stays at or below the "
+    f"reference's final training loss (mean of its last {SPEEDUP_WINDOW} steps) on the same task and seed; "
+    "0 if not reached")
 
 
 class Curves(NamedTuple):
@@ -70,13 +75,21 @@ def _train_one(family: TaskFamily, learned_optimizer: Any, meta_params: Any, tas
     params = task.init(init_key)
     transformation = learned_optimizer.optimizer(meta_params, num_steps=num_steps)
     opt_state = transformation.init(params)
+    # Averaging optimizers (schedule-free) take gradients at one point and are judged at another.
+    averaged = getattr(learned_optimizer, "evaluation_params", None)
+
+    def judged(carry):
+        params, opt_state = carry
+        return params if averaged is None else averaged(opt_state, params)
 
     def step(carry, step_key):
         params, opt_state = carry
         batch_key, loss_key = jax.random.split(step_key)
-        loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.sample_batch(batch_key, "train"))
+        batch = task.sample_batch(batch_key, "train")
+        loss, grads = jax.value_and_grad(task.loss)(params, loss_key, batch)
+        recorded = loss if averaged is None else task.loss(judged(carry), loss_key, batch)
         updates, opt_state = transformation.update(grads, opt_state, params, loss=loss)
-        return (optax.apply_updates(params, updates), opt_state), loss
+        return (optax.apply_updates(params, updates), opt_state), recorded
 
     carry = (params, opt_state)
     step_keys = jax.random.split(steps_key, num_steps)
@@ -93,7 +106,7 @@ def _train_one(family: TaskFamily, learned_optimizer: Any, meta_params: Any, tas
 
         def chunk(carry, xs):
             keys, on, valid_key = xs
-            valid = _mean_loss(task, carry[0], valid_key, "valid", valid_batches)
+            valid = _mean_loss(task, judged(carry), valid_key, "valid", valid_batches)
             carry, losses = jax.lax.scan(masked_step, carry, (keys, on))
             return carry, (losses, valid)
 
@@ -103,7 +116,7 @@ def _train_one(family: TaskFamily, learned_optimizer: Any, meta_params: Any, tas
     else:
         carry, losses = jax.lax.scan(step, carry, step_keys)
         valid = jnp.zeros((0,), jnp.float32)
-    params = carry[0]
+    params = judged(carry)
     final = _mean_loss(task, params, final_key, "train", final_batches)
     final_valid = _mean_loss(task, params, jax.random.fold_in(run_key, 2), "valid", final_batches)
     valid_losses = jnp.concatenate([valid, final_valid[None]]) if valid_every > 0 else valid
@@ -140,6 +153,8 @@ def grid_curves(
 
     `seed` changes the initialisation and batches but not the task; `valid_every` > 0 also
     records the mean loss over `valid_batches` validation batches every `valid_every` steps.
+    An optimizer with an `evaluation_params(opt_state, params)` method (schedule-free AdamW)
+    has every recorded loss taken there; its gradients stay at its own parameters.
     """
     run_keys = run_keys_for_seed(task_keys, seed)
     outputs = _run_grid(family, learned_optimizer, grid_meta_params, task_keys, run_keys, num_steps, final_batches,
@@ -202,19 +217,10 @@ def tuned_baseline_curves(
     return {"curves": curves, "learning_rates": chosen, "num_at_grid_edge": edge}
 
 
-def first_step_reaching(curve: np.ndarray, target: float, window: int = 10) -> int:
-    """Returns the first step where the running mean (over `window` steps) of `curve` is <= `target`, or -1."""
-    if curve.shape[0] < window:
-        window = 1
-    smoothed = np.convolve(curve, np.ones(window) / window, mode="valid")
-    hits = np.nonzero(smoothed <= target)[0]
-    return int(hits[0] + window) if hits.size else -1
-
-
 def first_step_staying(curve: np.ndarray, target: float, window: int = 10) -> int:
     """Returns the first step from which the running mean (over `window` steps) of `curve` stays <= `target`, or -1.
 
-    Unlike first_step_reaching, a noisy curve that dips below the target and comes back does not count.
+    A noisy curve that dips below the target and comes back does not count.
     """
     if curve.shape[0] < window:
         window = 1
@@ -225,9 +231,9 @@ def first_step_staying(curve: np.ndarray, target: float, window: int = 10) -> in
     return -1 if above[-1] == smoothed.shape[0] - 1 else int(above[-1] + 1 + window)
 
 
-def speedups(train_losses: np.ndarray, reference_losses: np.ndarray, window: int = 10) -> np.ndarray:
+def speedups(train_losses: np.ndarray, reference_losses: np.ndarray, window: int = SPEEDUP_WINDOW) -> np.ndarray:
     """Returns per-run speedups [...]: steps / the step from which the running mean of `train_losses` stays at or below
-    the reference's final loss.
+    the reference's final loss; the project's one speedup definition (SPEEDUP_DEFINITION).
 
     Both arrays are [..., steps] with matching leading axes (e.g. [seeds, tasks]); the
     reference's final loss is the mean of its last `window` losses; 0.0 where not reached by

@@ -18,10 +18,10 @@ from meta_train.files import write_text_atomic
 RESULT_FILE = "evaluation.json"
 PLOT_FILE = "curves.png"
 TABLE_FILE = "table.md"
-WINDOW = 10
-SPEEDUP_DEFINITION = (
-    f"budget / the step from which the {WINDOW}-step running mean of the training loss stays at or below the "
-    f"reference's final training loss (mean of its last {WINDOW} steps) on the same task and seed; 0 if not reached")
+PLOT_COLUMNS = 4
+WINDOW = evaluate.SPEEDUP_WINDOW
+SPEEDUP_DEFINITION = evaluate.SPEEDUP_DEFINITION
+speedups = evaluate.speedups
 
 
 def to_json(array: np.ndarray) -> Any:
@@ -92,8 +92,7 @@ def aggregate(spec: Any, learned_labels: Sequence[str], results: Dict[Tuple[str,
             entry["final_train_loss"] = _finite_stats(curves.final_losses)
             entry["final_valid_loss"] = _finite_stats(curves.final_valid_losses)
             if reference is not None:
-                entry["speedup"] = _speedup_summary(
-                    evaluate.speedups(curves.train_losses, reference["curves"].train_losses, WINDOW))
+                entry["speedup"] = _speedup_summary(speedups(curves.train_losses, reference["curves"].train_losses))
         settings[setting.label] = {
             "family": setting.family, "family_kwargs": setting.family_kwargs, "num_steps": setting.num_steps,
             "valid_steps": evaluate.validation_steps(setting.num_steps, spec.valid_every).tolist(),
@@ -168,4 +167,4 @@ def write_outputs(spec: Any, out: Path, summary: Dict[str, Any]) -> None:
               "speedup_definition": SPEEDUP_DEFINITION, "settings": settings_json}
     write_text_atomic(out / RESULT_FILE, json.dumps(result))
     write_text_atomic(out / TABLE_FILE, summary["table"])
-    report.plot_grid(panels, out / PLOT_FILE, valid_steps)
+    report.plot_grid(panels, out / PLOT_FILE, valid_steps, max_columns=PLOT_COLUMNS)

@@ -17,6 +17,7 @@ from meta_train.files import write_text_atomic
 
 EVAL_FILE = "eval.json"
 PLOT_FILE = "eval_curves.png"
+speedups = evaluate.speedups
 
 
 def _row(name: str, curves: evaluate.Curves, reference: np.ndarray) -> Dict[str, Any]:
@@ -70,10 +71,11 @@ def _draw(axis: Any, named_losses: Dict[str, np.ndarray], steps: Optional[np.nda
 
 
 def plot_grid(panels: Dict[str, Dict[str, evaluate.Curves]], path: Path,
-              valid_steps: Optional[Dict[str, np.ndarray]] = None) -> None:
+              valid_steps: Optional[Dict[str, np.ndarray]] = None, max_columns: Optional[int] = None) -> None:
     """Saves a PNG with one column per panel: training loss (and validation loss, if recorded) against step.
 
     Lines are means over every leading axis of the curves (e.g. seeds and tasks), bands min to max; log scale.
+    With `max_columns`, panels wrap onto further rows after that many columns.
     """
     import matplotlib
 
@@ -82,16 +84,23 @@ def plot_grid(panels: Dict[str, Dict[str, evaluate.Curves]], path: Path,
 
     valid_steps = valid_steps or {}
     with_valid = any(np.size(valid_steps.get(title, [])) for title in panels)
-    rows = 2 if with_valid else 1
-    figure, axes = plt.subplots(rows, len(panels), figsize=(6.5 * len(panels), 4.2 * rows), squeeze=False)
-    for column, (title, named_curves) in enumerate(panels.items()):
-        _draw(axes[0, column], {n: c.train_losses for n, c in named_curves.items()}, None, "training loss (batch)", title)
+    per_panel = 2 if with_valid else 1
+    columns = min(len(panels), max_columns or len(panels))
+    rows = per_panel * -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.2 * rows), squeeze=False)
+    for empty in range(len(panels), columns * (rows // per_panel)):
+        for offset in range(per_panel):
+            axes[per_panel * (empty // columns) + offset, empty % columns].set_visible(False)
+    for index, (title, named_curves) in enumerate(panels.items()):
+        row, column = per_panel * (index // columns), index % columns
+        _draw(axes[row, column], {n: c.train_losses for n, c in named_curves.items()}, None, "training loss (batch)",
+              title)
         steps = valid_steps.get(title)
         if with_valid and steps is not None and np.size(steps):
             valid = {n: c.valid_losses for n, c in named_curves.items() if c.valid_losses is not None}
-            _draw(axes[1, column], valid, steps, "validation loss", title)
+            _draw(axes[row + 1, column], valid, steps, "validation loss", title)
         elif with_valid:
-            axes[1, column].set_visible(False)
+            axes[row + 1, column].set_visible(False)
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary, dpi=110)
@@ -127,16 +136,16 @@ def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, 
         _row(f"{optimizer.name} (initial)", initial_curves, reference),
         _row(baseline_name, tuned["curves"], reference),
     ]
-    speedups = []
-    for t in range(settings.num_tasks):
-        reached = evaluate.first_step_reaching(trained_curves.train_losses[t], float(np.mean(tuned["curves"].train_losses[t, -10:])))
-        speedups.append(settings.num_steps / reached if reached > 0 else 0.0)
+    per_task_speedups = speedups(trained_curves.train_losses, tuned["curves"].train_losses)
     table = format_table(rows, settings.num_tasks)
     print(f"\nheld-out evaluation: {settings.num_tasks} tasks of {run.family.name}, {settings.num_steps} steps, "
           f"final = mean training loss over {settings.final_batches} batches")
     print(table)
     print(f"{settings.baseline} learning rates picked per task: {tuned['learning_rates']}"
           f" ({tuned['num_at_grid_edge']} at the grid's edge)")
+    print(f"speedup over tuned {settings.baseline}: median {np.median(per_task_speedups):.2f}x, "
+          f"reached on {int(np.sum(per_task_speedups > 0))}/{settings.num_tasks} tasks "
+          f"(speedup = {evaluate.SPEEDUP_DEFINITION})")
     result = {
         "family": run.family.name,
         "num_tasks": settings.num_tasks,
@@ -144,7 +153,8 @@ def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, 
         "rows": rows,
         "baseline_learning_rates": tuned["learning_rates"],
         "baseline_learning_rate_grid": list(settings.learning_rates),
-        "speedup_to_tuned_baseline_final": speedups,
+        "speedup_to_tuned_baseline_final": [float(x) for x in per_task_speedups],
+        "speedup_definition": evaluate.SPEEDUP_DEFINITION,
         "curves": {
             "meta_trained": trained_curves.train_losses.tolist(),
             "initial": initial_curves.train_losses.tolist(),
