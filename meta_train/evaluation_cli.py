@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from meta_train import evaluation_run
 from meta_train.cli import USER_ERRORS, _fail
+from meta_train.folder_lock import folder_lock
 
 DEFAULT_NUM_STEPS = 200
 
@@ -116,7 +117,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         spec = spec_from_args(args)
-        result = evaluation_run.run_evaluation(spec, args.out, show_progress=not args.no_progress)
+        with folder_lock(args.out, "lopt-evaluate"):
+            result = evaluation_run.run_evaluation(spec, args.out, show_progress=not args.no_progress)
     except USER_ERRORS as err:
         return _fail(err)
     print(result["table"])

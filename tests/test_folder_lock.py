@@ -133,3 +133,16 @@ def test_two_processes_lock_the_workdir_once_and_both_stop_when_it_is_held(tmp_p
     assert len(errors[0]) == 1 and f"in use by lopt-meta-train (pid {os.getpid()}" in errors[0][0]
     assert len(errors[1]) == 1 and "(see process 0)" in errors[1][0]
     holder.release()
+
+
+def test_evaluate_refuses_an_output_folder_in_use(tmp_path, capsys):
+    from meta_train import evaluation_cli
+
+    holder = FolderLock(tmp_path / "eval", "lopt-evaluate")
+    holder.acquire()
+    code = evaluation_cli.main(["--family", "quadratic", "--num-tasks", "1", "--out", str(tmp_path / "eval"),
+                                "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {tmp_path / 'eval'} is in use by lopt-evaluate (pid {os.getpid()}")
+    holder.release()
