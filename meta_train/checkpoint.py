@@ -24,13 +24,14 @@ def _is_closed_loop_noise(unraisable: Any) -> bool:
     return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
 
 
-def _silence_orbax_after_failed_restore() -> None:
-    """Drops the 'Event loop is closed' tracebacks that a failed orbax restore leaves behind.
+def _silence_orbax_failed_restore_noise() -> None:
+    """Drops the 'Event loop is closed' tracebacks that a failed orbax restore leaves behind, from now on.
 
     When one array of a checkpoint cannot be read, orbax closes its event loop while
     tensorstore is still reading the others; each of those reads then reports, as an
     unraisable exception, that it could not call back into the closed loop: pages of
-    tracebacks after our one-line message. Every other unraisable exception still goes to
+    tracebacks around our one-line message, some before the exception even reaches us, so
+    the filter goes in before every restore. Every other unraisable exception still goes to
     the previous hook.
     """
     previous = sys.unraisablehook
@@ -136,10 +137,10 @@ class Checkpointer:
             f"{i:05d}": jax.ShapeDtypeStruct(np.shape(leaf), np.dtype(leaf.dtype), sharding=local)
             for i, leaf in enumerate(leaves)
         }
+        _silence_orbax_failed_restore_noise()
         try:
             restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # noqa: BLE001 - orbax raises many types for damaged files
-            _silence_orbax_after_failed_restore()
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             return None, (
                 f"is unreadable or does not match this run's config ({type(err).__name__}: {message[:200]})"

@@ -1,10 +1,18 @@
-"""Kills a meta-training run with SIGKILL at random moments, resumes it each time, and checks the result.
+"""Interrupts a meta-training run as a cluster would, resumes it each time, and checks the result.
 
+Three kinds of interruption, in random order:
+- SIGKILL at random moments; about half aim at checkpoint writes (the script polls the
+  checkpoint folder and kills the moment a temporary checkpoint appears);
+- SIGTERM at random moments: the run must exit with 143 and one line saying which meta-step it
+  saved, leaving no temporary checkpoint folder (a SIGTERM that lands before the signal
+  handlers are installed simply ends the process, as it would any program: counted as early);
+- a damaged newest checkpoint (truncated, deleted or garbage array files): the next start must
+  warn in one line, move it aside as <step>.corrupt and resume from the previous one (it is
+  then stopped by SIGTERM once resumed).
 The final meta-params and every metrics line (timings aside) must be bit-identical to an
-uninterrupted run with the same seed. About half the kills aim at checkpoint writes: the
-script polls the checkpoint folder and kills the moment a temporary checkpoint appears.
+uninterrupted run with the same seed.
 
-    python scripts/chaos_resume.py --kills 20 --workdir /tmp/chaos --out benchmarks/chaos.json
+    python scripts/chaos_resume.py --kills 20 --terms 5 --corruptions 3 --workdir /tmp/chaos --out benchmarks/chaos.json
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -64,6 +73,11 @@ def checkpoint_write_in_progress(workdir: Path) -> bool:
     return folder.is_dir() and any("tmp" in entry.name for entry in folder.iterdir())
 
 
+def complete_checkpoints(workdir: Path) -> list:
+    folder = workdir / "checkpoints"
+    return sorted(int(entry.name) for entry in folder.iterdir() if entry.name.isdigit()) if folder.is_dir() else []
+
+
 def kill_once(config_path: Path, workdir: Path, delay: float, aim_at_checkpoint: bool, limit: float) -> str:
     """Starts the run and SIGKILLs it; returns how the kill landed ('checkpoint', 'timed', or 'finished')."""
     process = subprocess.Popen(command(config_path, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,6 +96,74 @@ def kill_once(config_path: Path, workdir: Path, delay: float, aim_at_checkpoint:
     process.send_signal(signal.SIGKILL)
     process.wait()
     return outcome
+
+
+SAVED_LINE = re.compile(
+    r"interrupted by SIGTERM: (checkpoint at meta-step \d+ saved in .*|stopped before the first meta-step, nothing "
+    r"to save); rerun the same command to resume"
+)
+
+
+def graceful_outcome(process: subprocess.Popen, err: str, workdir: Path) -> str:
+    """Classifies a SIGTERMed run: 'graceful', 'early' (before its handlers), 'finished', or 'bad: why'."""
+    if process.returncode == 0:
+        return "finished"
+    if process.returncode == -signal.SIGTERM:
+        return "early"
+    lines = [line for line in err.splitlines() if not line.startswith(("resumed from", "warning:", "note:"))]
+    if process.returncode != 143 or len(lines) != 1 or not SAVED_LINE.fullmatch(lines[0]):
+        return f"bad: exit {process.returncode}, stderr lines {[line[:300] for line in lines]!r}"
+    if checkpoint_write_in_progress(workdir):
+        return "bad: a temporary checkpoint folder was left behind"
+    return "graceful"
+
+
+def terminate_once(config_path: Path, workdir: Path, delay: float) -> str:
+    """Starts the run and SIGTERMs it after `delay` seconds; returns graceful_outcome's verdict."""
+    process = subprocess.Popen(command(config_path, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        process.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+    _, err = process.communicate()
+    return graceful_outcome(process, err, workdir)
+
+
+def damage_newest(workdir: Path, rng: random.Random) -> tuple:
+    """Damages the array files of the newest complete checkpoint; returns (step, how)."""
+    step = complete_checkpoints(workdir)[-1]
+    how = rng.choice(["truncated", "deleted", "garbage"])
+    for path in (workdir / "checkpoints" / str(step) / "default" / "d").iterdir():
+        if how == "truncated":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        elif how == "deleted":
+            path.unlink()
+        else:
+            path.write_bytes(bytes(rng.randrange(256) for _ in range(64)))
+    return step, how
+
+
+def corrupt_once(config_path: Path, workdir: Path, rng: random.Random) -> str:
+    """Damages the newest checkpoint, restarts the run, and SIGTERMs it once it has resumed."""
+    step, how = damage_newest(workdir, rng)
+    process = subprocess.Popen(command(config_path, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("resumed from"):
+            process.send_signal(signal.SIGTERM)
+            break
+    _, rest = process.communicate()
+    err = "".join(seen) + rest
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    if len(warnings) != 1 or f"moved to {step}.corrupt" not in warnings[0]:
+        return f"bad: {how} checkpoint {step} was not moved aside with one warning: {err[-500:]!r}"
+    if not (workdir / "checkpoints" / f"{step}.corrupt").is_dir():
+        return f"bad: no {step}.corrupt folder"
+    outcome = graceful_outcome(process, err, workdir)
+    return f"corrupted {how}" if outcome in ("graceful", "finished") else outcome
 
 
 def metrics_lines(workdir: Path) -> list:
@@ -109,7 +191,9 @@ def compare(reference: Path, chaos: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to land")
+    parser.add_argument("--terms", type=int, default=5, help="graceful SIGTERM stops to land")
+    parser.add_argument("--corruptions", type=int, default=3, help="damaged newest checkpoints to recover from")
     parser.add_argument("--num-steps", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", required=True)
@@ -122,36 +206,59 @@ def main(argv=None) -> int:
     config_path = root / "chaos_config.py"
     config_path.write_text(CONFIG.format(num_steps=args.num_steps))
 
+    began = time.perf_counter()
     reference_seconds = run_to_completion(config_path, root / "reference")
     print(f"uninterrupted run: {reference_seconds:.1f} s")
     outcomes = []
     chaos = root / "chaos"
-    def kills_so_far():
-        return len([o for o in outcomes if o in ("timed", "checkpoint")])
 
-    while kills_so_far() < args.kills:
+    def count(*kinds):
+        return len([o for o in outcomes if o.split()[0] in kinds])
+
+    def wanted():
+        return {"kill": args.kills - count("timed", "checkpoint"), "term": args.terms - count("graceful"),
+                "corrupt": args.corruptions - count("corrupted")}
+
+    while any(left > 0 for left in wanted().values()) and not count("bad:"):
         if (chaos / "optimizer.lopt").exists():
-            shutil.rmtree(chaos)  # finished before enough kills: start the chaos run over
+            shutil.rmtree(chaos)  # finished before enough interruptions: start the chaos run over
             outcomes.append("restarted")
             continue
-        aim = rng.random() < 0.5
+        kinds = [kind for kind, left in wanted().items() if left > 0]
+        if len(complete_checkpoints(chaos)) < 2 and kinds != ["corrupt"]:
+            kinds = [kind for kind in kinds if kind != "corrupt"]  # keep an older checkpoint to fall back to
+        kind = rng.choice(kinds)
         delay = rng.uniform(0.1, 1.0) * reference_seconds
-        outcome = kill_once(config_path, chaos, delay, aim, limit=reference_seconds * 1.5)
+        if kind == "kill":
+            outcome = kill_once(config_path, chaos, delay, rng.random() < 0.5, limit=reference_seconds * 1.5)
+        elif kind == "term":
+            outcome = terminate_once(config_path, chaos, delay)
+        elif len(complete_checkpoints(chaos)) >= 2:
+            outcome = corrupt_once(config_path, chaos, rng)
+        else:
+            kind = "term (too early to corrupt)"
+            outcome = terminate_once(config_path, chaos, delay)
         outcomes.append(outcome)
-        print(f"kill {kills_so_far()}: {outcome} (after {delay:.1f} s)")
+        print(f"{kind} {len(outcomes)}: {outcome}" + ("" if kind == "corrupt" else f" (after {delay:.1f} s)"))
     if not (chaos / "optimizer.lopt").exists():
         run_to_completion(config_path, chaos)
     result = compare(root / "reference", chaos)
     result.update(
-        kills=kills_so_far(),
-        kills_during_checkpoint_write=outcomes.count("checkpoint"),
+        kills=count("timed", "checkpoint"),
+        kills_during_checkpoint_write=count("checkpoint"),
+        graceful_terms=count("graceful"),
+        early_terms=count("early"),
+        corruptions_recovered=count("corrupted"),
+        failures=[o for o in outcomes if o.startswith("bad:")],
         outcomes=outcomes,
         reference_seconds=reference_seconds,
+        total_seconds=time.perf_counter() - began,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "outcomes"}))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
-    return 0 if result["identical_meta_params"] and result["identical_metrics"] else 1
+    passed = result["identical_meta_params"] and result["identical_metrics"] and not result["failures"]
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

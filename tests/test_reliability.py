@@ -23,16 +23,18 @@ from tests.helpers import FixedQuadraticFamily
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_sigkill_and_resume_three_times_is_bit_identical(tmp_path):
+def test_sigkill_sigterm_and_a_damaged_checkpoint_then_resume_is_bit_identical(tmp_path):
     out = tmp_path / "chaos.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "chaos_resume.py"), "--kills", "3", "--num-steps", "30",
-         "--workdir", str(tmp_path / "chaos"), "--out", str(out), "--seed", "1"],
+        [sys.executable, str(REPO / "scripts" / "chaos_resume.py"), "--kills", "3", "--terms", "1",
+         "--corruptions", "1", "--num-steps", "30", "--workdir", str(tmp_path / "chaos"), "--out", str(out),
+         "--seed", "1"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert report["kills"] == 3
+    assert report["kills"] == 3 and report["graceful_terms"] >= 1 and report["corruptions_recovered"] == 1
+    assert report["failures"] == []
     assert report["identical_meta_params"] and report["identical_metrics"]
 
 
