@@ -338,10 +338,14 @@ def export_workdir(workdir: str | os.PathLike, out: Optional[str | os.PathLike] 
     )
 
 
+# Groups whose keys are the user's (constructor arguments, mixture entries), not base_config's.
+FREE_FORM_GROUPS = ("kwargs", "mixture")
+
+
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key != "kwargs":
+        if isinstance(value, dict) and key not in FREE_FORM_GROUPS:
             flat.update(_flatten(value, f"{prefix}{key}."))
         elif isinstance(value, dict):
             flat[f"{prefix}{key}"] = ml_collections.ConfigDict(value)

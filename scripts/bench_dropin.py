@@ -16,8 +16,10 @@ training loss (mean of the last 5% of steps, mean over seeds) divided by tuned A
 - `breast_cancer_logreg`: full-batch logistic regression on standardised breast_cancer features,
   500 steps (a small convex problem).
 
-Writes the JSON (per problem and optimizer: final losses, ratios, tuned learning rate) and a PNG
-of the curves beside it.
+An export that takes a learning rate (the Celo2 rule: a learned direction the user scales) is
+also run with its learning rate tuned over the same grid, as row `NAME (lr tuned)`. Writes the
+JSON (per problem and optimizer: final losses, ratios, tuned learning rates) and a PNG of the
+curves beside it.
 """
 
 from __future__ import annotations
@@ -162,14 +164,29 @@ def with_loss_argument(tx: optax.GradientTransformation) -> optax.GradientTransf
     return optax.with_extra_args_support(tx)
 
 
-def evaluate_problem(problem: Problem, exports: Dict[str, Any], seeds: Sequence[int]) -> Dict[str, Any]:
-    """Runs tuned Adam (grid) and every export on `problem`; returns per-optimizer curves and final losses."""
+def tunable(loaded: Any) -> bool:
+    """Returns whether an exported optimizer takes a learning rate (a learned direction the user scales)."""
+    return "learning_rate" in loaded.config
+
+
+def tuned_curves(problem: Problem, make_tx: Callable[[float], Any], seeds: Sequence[int]) -> tuple:
+    """Returns (best learning rate, its mean final loss, its mean curve) over ADAM_LEARNING_RATES."""
     grid = {}
     for rate in ADAM_LEARNING_RATES:
-        curves = [train_curve(problem, with_loss_argument(optax.adam(rate)), s) for s in seeds]
+        curves = [train_curve(problem, make_tx(rate), s) for s in seeds]
         grid[rate] = (float(np.mean([final_loss(c) for c in curves])), np.mean(curves, axis=0))
-    best_rate = min(grid, key=lambda r: grid[r][0])
-    reference, reference_curve = grid[best_rate]
+    best = min(grid, key=lambda r: grid[r][0])
+    return best, grid[best][0], grid[best][1]
+
+
+def evaluate_problem(problem: Problem, exports: Dict[str, Any], seeds: Sequence[int]) -> Dict[str, Any]:
+    """Runs tuned Adam (grid) and every export on `problem`; returns per-optimizer curves and final losses.
+
+    Exports that take a learning rate run twice: with their stored settings, and with the learning
+    rate tuned over the same grid as Adam (row `NAME (lr tuned)`).
+    """
+    best_rate, reference, reference_curve = tuned_curves(
+        problem, lambda rate: with_loss_argument(optax.adam(rate)), seeds)
     result = {"num_steps": problem.num_steps, "tuned_adam": {"learning_rate": best_rate, "final_loss": reference,
               "at_grid_edge": best_rate in (ADAM_LEARNING_RATES[0], ADAM_LEARNING_RATES[-1])},
               "optimizers": {}, "curves": {"tuned adam": reference_curve}}
@@ -179,6 +196,13 @@ def evaluate_problem(problem: Problem, exports: Dict[str, Any], seeds: Sequence[
         final = float(np.mean([final_loss(c) for c in curves]))
         result["optimizers"][name] = {"final_loss": final, "ratio_to_tuned_adam": final / reference}
         result["curves"][name] = np.mean(curves, axis=0)
+        if tunable(loaded):
+            rebuilt = lambda rate: type(loaded.optimizer)(**{**loaded.config, "learning_rate": rate}).optimizer(
+                loaded.meta_params, num_steps=problem.num_steps)
+            rate, final, curve = tuned_curves(problem, rebuilt, seeds)
+            result["optimizers"][f"{name} (lr tuned)"] = {"final_loss": final, "ratio_to_tuned_adam": final / reference,
+                                                           "learning_rate": rate}
+            result["curves"][f"{name} (lr tuned)"] = curve
     return result
 
 

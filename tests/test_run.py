@@ -262,3 +262,19 @@ def test_max_minutes_stops_early_and_the_same_command_continues(tmp_path, tiny_c
     assert lopt.export.read(workdir / "optimizer.lopt").provenance["meta_steps"] == 6
     code, _, err = run_cli(["--config", str(tiny_config), "--workdir", str(workdir), "--max-minutes", "0"], capsys)
     assert code == 2 and err.strip() == "error: --max-minutes must be positive, got 0.0"
+
+
+def test_export_command_rebuilds_a_reparameterised_mixture_run(tmp_path, capsys):
+    config = tmp_path / "mixture.py"
+    config.write_text(TINY_CONFIG.replace(
+        'config.task.kwargs.dim = 8',
+        'config.task.mixture = {"small": {"family": "quadratic", "kwargs": {"dim": 4}},\n'
+        '                           "large": {"family": "quadratic", "kwargs": {"dim": 8}}}\n'
+        '    config.task.reparameterize.levels = ("global",)'))
+    workdir = tmp_path / "run"
+    assert run_cli(["--config", str(config), "--workdir", str(workdir)], capsys)[0] == 0
+    out = tmp_path / "again.lopt"
+    assert export_main(["--workdir", str(workdir), "--out", str(out)]) == 0
+    again, original = lopt.export.read(out), lopt.export.read(workdir / "optimizer.lopt")
+    for x, y in zip(jax.tree.leaves(again.meta_params), jax.tree.leaves(original.meta_params)):
+        np.testing.assert_array_equal(x, y)
