@@ -175,7 +175,8 @@ class AdamCosine(Adam):
         learning_rate = jnp.exp(meta_params["log_learning_rate"])
 
         def step_size(count: Array) -> Array:
-            return -learning_rate * warmup_cosine_multiplier(count, num_steps, self.warmup_fraction, self.final_fraction)
+            multiplier = warmup_cosine_multiplier(count, num_steps, self.warmup_fraction, self.final_fraction)
+            return -learning_rate * multiplier
 
         scheduled = optax.chain(self.direction(), optax.scale_by_schedule(step_size))
         return keep_gradient_dtype(optax.with_extra_args_support(scheduled))
@@ -241,7 +242,8 @@ class ScheduleFreeAdamW(HandDesigned):
         warmup_steps = None
         if num_steps is not None and self.warmup_fraction > 0:
             if isinstance(num_steps, jax.core.Tracer):
-                raise ValueError("schedule_free_adamw needs a concrete num_steps for its warm-up (or warmup_fraction=0)")
+                raise ValueError(
+                    "schedule_free_adamw needs a concrete num_steps for its warm-up (or warmup_fraction=0)")
             warmup_steps = max(1, round(self.warmup_fraction * int(num_steps)))
         learning_rate = jnp.exp(meta_params["log_learning_rate"])
         schedule_free = optax.contrib.schedule_free_adamw(
@@ -249,5 +251,5 @@ class ScheduleFreeAdamW(HandDesigned):
         return keep_gradient_dtype(schedule_free)
 
     def evaluation_params(self, opt_state: optax.OptState, params: optax.Params) -> optax.Params:
-        """Returns the averaged iterate x, where schedule-free's losses are measured (optax's schedule_free_eval_params)."""
+        """Returns the averaged iterate x, where schedule-free's losses are measured (schedule_free_eval_params)."""
         return optax.contrib.schedule_free_eval_params(opt_state, params)
