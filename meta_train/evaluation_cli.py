@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any, Dict, List, Optional
 
-from meta_train import evaluation_run
+from meta_train import evaluation_run, suite_report, suites
 from meta_train.cli import USER_ERRORS, _fail
 from meta_train.folder_lock import folder_lock
 
@@ -18,31 +18,41 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lopt-evaluate",
         description="Evaluate exported learned optimizers against hand-designed baselines whose learning rate is "
-                    "tuned per task. Writes OUT/evaluation.json, OUT/curves.png and OUT/table.md; rerunning the "
-                    "same command resumes.",
+                    "tuned per task. Writes OUT/evaluation.json, OUT/curves.png and OUT/table.md (with --suite also "
+                    "OUT/suite.json and OUT/suite.md); rerunning the same command resumes.",
     )
     p.add_argument("--optimizers", nargs="*", default=[], metavar="FILE",
                    help="export files (.lopt) or pretrained:NAME")
+    p.add_argument("--export", action="append", default=[], metavar="FILE",
+                   help="one export file (.lopt) or pretrained:NAME (repeatable; joins --optimizers)")
+    p.add_argument("--suite", default=None,
+                   help="named held-out suite with its own tasks, baselines and learning-rate grid: "
+                        f"{', '.join(sorted(suites.SUITES))}")
+    p.add_argument("--budget-scale", type=float, default=None,
+                   help="with --suite: multiply every task's step budget (e.g. 0.1 for a quick run; default 1)")
     p.add_argument("--family", action="append", default=[], help="registered task family (repeatable)")
     p.add_argument("--family-kwargs", action="append", default=[], metavar="JSON",
                    help="constructor arguments as a JSON object: one for all families or one per --family")
     p.add_argument("--task", action="append", default=[], metavar="NAME",
                    help=f"named task (repeatable): {', '.join(sorted(evaluation_run.NAMED_TASKS))}")
     p.add_argument("--config", help="meta-training config file: evaluate on its task family (and data_dir)")
-    p.add_argument("--baselines", nargs="*", default=["adam"],
-                   help="hand-designed baselines: adam adam_cosine adamw sgd sgd_momentum (or sgd+momentum) rmsprop")
-    p.add_argument("--learning-rates", nargs="+", type=float, default=list(evaluation_run.DEFAULT_LEARNING_RATES),
-                   help="grid each baseline's learning rate is picked from, per task (default 1e-4..1, 9 values)")
+    p.add_argument("--baselines", nargs="*", default=None,
+                   help="hand-designed baselines: adam adam_cosine adamw adamw_cosine muon schedule_free_adamw sgd "
+                        "sgd_momentum (or sgd+momentum) rmsprop (default adam, or the suite's)")
+    p.add_argument("--learning-rates", nargs="+", type=float, default=None,
+                   help="grid each baseline's learning rate is picked from, per task (default 1e-4..1, 9 values, "
+                        "or the suite's)")
     p.add_argument("--reference", default=None,
                    help="baseline that speedups are measured against (default adam, else the first baseline)")
     p.add_argument("--tune-on", choices=("train", "valid"), default="train",
                    help="final loss that picks the baselines' learning rates")
     p.add_argument("--num-steps", type=int, default=None,
                    help=f"inner steps per run (default {DEFAULT_NUM_STEPS}, or the config's eval.num_steps)")
-    p.add_argument("--num-tasks", type=int, default=8, help="held-out tasks per family")
+    p.add_argument("--num-tasks", type=int, default=None, help="held-out tasks per family (default 8, or the suite's)")
     p.add_argument("--task-seed", type=int, default=None,
                    help="seed of the held-out task draw (default 10000, or the config's eval.seed)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds for initialisation and batches")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="seeds for initialisation and batches (default 0, or the suite's)")
     p.add_argument("--valid-every", type=int, default=10, help="validation loss every this many steps (0: off)")
     p.add_argument("--final-batches", type=int, default=8, help="batches averaged for final losses")
     p.add_argument("--data-dir", default="", help="folder with mnist/, fashion_mnist/, cifar10/ (default $LOPT_DATA_DIR)")
@@ -91,18 +101,43 @@ def _settings(args: argparse.Namespace) -> List[evaluation_run.Setting]:
     return [evaluation_run.Setting(label, s.family, s.family_kwargs, s.num_steps) for label, s in zip(labels, settings)]
 
 
+def suite_spec_from_args(args: argparse.Namespace) -> evaluation_run.Spec:
+    """Returns the evaluation of `--suite NAME` with the command line's optimizers and overrides."""
+    suite = suites.get_suite(args.suite)
+    clashing = [flag for flag, given in (("--family", args.family), ("--task", args.task), ("--config", args.config),
+                                         ("--num-steps", args.num_steps), ("--reference", args.reference),
+                                         ("--tune-on valid", args.tune_on != "train")) if given]
+    if clashing:
+        raise evaluation_run.EvaluationError(
+            f"--suite sets the tasks, budgets and reference itself; drop {', '.join(clashing)} (scale budgets with "
+            "--budget-scale)")
+    baselines = None if args.baselines is None else [evaluation_run.canonical_baseline(b) for b in args.baselines]
+    return suites.suite_spec(
+        suite, [*args.optimizers, *args.export],
+        budget_scale=1.0 if args.budget_scale is None else args.budget_scale,
+        data_dir=args.data_dir, learning_rates=args.learning_rates, baselines=baselines, num_tasks=args.num_tasks,
+        seeds=args.seeds, task_seed=10_000 if args.task_seed is None else args.task_seed,
+        final_batches=args.final_batches)
+
+
 def spec_from_args(args: argparse.Namespace) -> evaluation_run.Spec:
     """Returns the evaluation described by parsed command-line arguments."""
+    if args.suite is not None:
+        return suite_spec_from_args(args)
+    if args.budget_scale is not None:
+        raise evaluation_run.EvaluationError("--budget-scale needs --suite (use --num-steps otherwise)")
     settings = _settings(args)
-    baselines = tuple(evaluation_run.canonical_baseline(b) for b in args.baselines)
+    names = ["adam"] if args.baselines is None else args.baselines
+    baselines = tuple(evaluation_run.canonical_baseline(b) for b in names)
     reference = args.reference or ("adam" if "adam" in baselines or not baselines else baselines[0])
     return evaluation_run.Spec(
-        optimizers=tuple(args.optimizers),
+        optimizers=(*args.optimizers, *args.export),
         settings=tuple(settings),
         baselines=baselines,
-        learning_rates=tuple(args.learning_rates),
-        seeds=tuple(args.seeds),
-        num_tasks=args.num_tasks,
+        learning_rates=tuple(evaluation_run.DEFAULT_LEARNING_RATES if args.learning_rates is None
+                             else args.learning_rates),
+        seeds=(0,) if args.seeds is None else tuple(args.seeds),
+        num_tasks=8 if args.num_tasks is None else args.num_tasks,
         task_seed=10_000 if args.task_seed is None else args.task_seed,
         valid_every=args.valid_every,
         final_batches=args.final_batches,
@@ -113,15 +148,23 @@ def spec_from_args(args: argparse.Namespace) -> evaluation_run.Spec:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """`lopt-evaluate --optimizers A.lopt ... --family NAME | --task NAME | --config FILE --out DIR`."""
+    """`lopt-evaluate --optimizers A.lopt ... --family NAME | --task NAME | --config FILE | --suite NAME --out DIR`."""
     args = parser().parse_args(argv)
     try:
         spec = spec_from_args(args)
         with folder_lock(args.out, "lopt-evaluate"):
-            result = evaluation_run.run_evaluation(spec, args.out, show_progress=not args.no_progress)
+            if args.suite is not None:
+                result = suite_report.run_suite(suites.get_suite(args.suite), spec, args.out,
+                                                show_progress=not args.no_progress)
+            else:
+                result = evaluation_run.run_evaluation(spec, args.out, show_progress=not args.no_progress)
     except USER_ERRORS as err:
         return _fail(err)
     print(result["table"])
     out = result["out"]
-    print(f"wrote {out}/{evaluation_run.RESULT_FILE}, {out}/{evaluation_run.PLOT_FILE} and {out}/{evaluation_run.TABLE_FILE}")
+    if args.suite is not None:
+        print(f"wrote {', '.join(f'{out}/{name}' for name in result['written'])}")
+    else:
+        print(f"wrote {out}/{evaluation_run.RESULT_FILE}, {out}/{evaluation_run.PLOT_FILE} and "
+              f"{out}/{evaluation_run.TABLE_FILE}")
     return 0

@@ -239,8 +239,15 @@ def _run_unit(unit: _Unit, spec: Spec, family: tasks.TaskFamily, optimizer: Any,
     return evaluate.grid_curves(family, optimizer, grid, task_keys, steps, final, **options)
 
 
-def run_evaluation(spec: Spec, out: str | Path, *, show_progress: bool = True) -> Dict[str, Any]:
-    """Runs (or resumes) the evaluation `spec` into folder `out`; returns the summary (no curves) and writes the outputs."""
+Results = Dict[Tuple[str, str, int], evaluate.Curves]
+
+
+def run_units(spec: Spec, out: str | Path, *, show_progress: bool = True) -> Tuple[Path, List[str], Results]:
+    """Runs (or resumes) every (setting, optimizer, seed) unit of `spec` in folder `out`.
+
+    Returns the folder, the learned optimizers' labels and the curves keyed by (setting label,
+    optimizer label, seed); a baseline's curves cover its whole learning-rate grid.
+    """
     check_spec(spec)
     labels = unique_labels([optimizer_label(s) for s in spec.optimizers])
     loaded = {label: load_optimizer(source) for label, source in zip(labels, spec.optimizers)}
@@ -252,7 +259,7 @@ def run_evaluation(spec: Spec, out: str | Path, *, show_progress: bool = True) -
     task_keys = evaluate.held_out_task_keys(spec.task_seed, spec.num_tasks)
 
     units = _units(spec, out, labels)
-    results: Dict[Tuple[str, str, int], evaluate.Curves] = {}
+    results: Results = {}
     for unit in units:
         if (found := _read_unit(unit)) is not None:
             results[(unit.setting.label, unit.label, unit.seed)] = found
@@ -274,6 +281,12 @@ def run_evaluation(spec: Spec, out: str | Path, *, show_progress: bool = True) -
             progress.update(1)
     finally:
         progress.close()
+    return out, labels, results
+
+
+def run_evaluation(spec: Spec, out: str | Path, *, show_progress: bool = True) -> Dict[str, Any]:
+    """Runs (or resumes) the evaluation `spec` into folder `out`; returns the summary (no curves) and writes the outputs."""
+    out, labels, results = run_units(spec, out, show_progress=show_progress)
     combined = summary.aggregate(spec, labels, results)
     summary.write_outputs(spec, out, combined)
     return {"out": str(out), "table": combined["table"], "settings": {
