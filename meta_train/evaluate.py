@@ -180,6 +180,33 @@ def train_curves(
     return Curves(*(x[0] for x in curves))
 
 
+class LearningRateSweep:
+    """A loaded learned optimizer that takes a learning rate (a learned direction the user scales), presented like a
+    hand-designed baseline so its learning rate can be tuned per task over the same grid.
+
+    Its meta-params are `{"theta": the trained meta-params, "learning_rate": scalar}`; the optimizer's
+    `optimizer(theta, num_steps=..., learning_rate=...)` must accept a traced learning rate.
+    """
+
+    def __init__(self, loaded: Any):
+        self.loaded = loaded
+
+    @staticmethod
+    def accepts(loaded: Any) -> bool:
+        """Returns whether `loaded` (a LoadedOptimizer) takes a learning rate that a sweep can replace."""
+        return "learning_rate" in loaded.config
+
+    def with_learning_rate(self, meta_params: Any, learning_rate: Any) -> Any:
+        """Returns the trained meta-params paired with `learning_rate`."""
+        del meta_params
+        return {"theta": self.loaded.meta_params, "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
+
+    def optimizer(self, meta_params: Any, *, num_steps: Any = None) -> Any:
+        """Returns the learned optimizer's transformation at the paired learning rate."""
+        return self.loaded.optimizer.optimizer(meta_params["theta"], num_steps=num_steps,
+                                               learning_rate=meta_params["learning_rate"])
+
+
 def learning_rate_grid(baseline: Any, learning_rates: Sequence[float]) -> Any:
     """Returns the baseline's meta-params for every learning rate, stacked on a leading axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[baseline.with_learning_rate(None, lr) for lr in learning_rates])

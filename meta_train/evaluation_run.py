@@ -75,6 +75,7 @@ class Spec:
     tune_on: str = "train"
     reference: str = "adam"
     data_dir: str = ""
+    tune_learned: bool = False
 
 
 def named_setting(name: str, num_steps: int, label: Optional[str] = None) -> Setting:
@@ -209,10 +210,16 @@ class _Unit:
     path: Path
 
 
-def _units(spec: Spec, out: Path, learned_labels: Sequence[str]) -> List[_Unit]:
+def tuned_learned_labels(spec: Spec, loaded: Dict[str, lopt.LoadedOptimizer]) -> List[str]:
+    """Returns the learned optimizers whose learning rate `spec` tunes per task (those that take one, if asked)."""
+    return [label for label, item in loaded.items() if spec.tune_learned and evaluate.LearningRateSweep.accepts(item)]
+
+
+def _units(spec: Spec, out: Path, learned_labels: Sequence[str], tuned_labels: Sequence[str] = ()) -> List[_Unit]:
     units = []
     for setting in spec.settings:
-        members = [(label, "learned") for label in learned_labels] + [(b, "baseline") for b in spec.baselines]
+        members = ([(label, "learned") for label in learned_labels] + [(label, "learned_lr") for label in tuned_labels]
+                   + [(b, "baseline") for b in spec.baselines])
         for label, kind in members:
             for seed in spec.seeds:
                 path = out / "units" / _slug(setting.label) / f"{kind}-{label}" / f"seed{seed}.json"
@@ -223,7 +230,8 @@ def _units(spec: Spec, out: Path, learned_labels: Sequence[str]) -> List[_Unit]:
 def _read_unit(unit: _Unit) -> Optional[evaluate.Curves]:
     try:
         data = json.loads(unit.path.read_text())
-        if (data["setting"], data["optimizer"], data["seed"]) != (unit.setting.label, unit.label, unit.seed):
+        if (data["setting"], data["optimizer"], data["seed"], data.get("kind", unit.kind)) != (
+                unit.setting.label, unit.label, unit.seed, unit.kind):
             return None
         return summary.curves_from_json(data["curves"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -240,6 +248,14 @@ def _run_unit(unit: _Unit, spec: Spec, family: tasks.TaskFamily, optimizer: Any,
 
 
 Results = Dict[Tuple[str, str, int], evaluate.Curves]
+LEARNING_RATE_SWEEP_SUFFIX = summary.LEARNING_RATE_SWEEP_SUFFIX
+
+
+def result_key(unit: _Unit) -> Tuple[str, str, int]:
+    """Returns the results key of a unit: (setting, optimizer label, seed); a learned optimizer's learning-rate sweep
+    is keyed under its label plus LEARNING_RATE_SWEEP_SUFFIX."""
+    label = unit.label + LEARNING_RATE_SWEEP_SUFFIX if unit.kind == "learned_lr" else unit.label
+    return (unit.setting.label, label, unit.seed)
 
 
 def run_units(spec: Spec, out: str | Path, *, show_progress: bool = True) -> Tuple[Path, List[str], Results]:
@@ -254,27 +270,29 @@ def run_units(spec: Spec, out: str | Path, *, show_progress: bool = True) -> Tup
     digests = {label: optimizer_digest(optimizer) for label, optimizer in loaded.items()}
     families = {s.label: build_family(s, spec.data_dir) for s in spec.settings}
     baselines = {name: lopt.get(name) for name in spec.baselines}
+    tuned = tuned_learned_labels(spec, loaded)
+    sweeps = {label: evaluate.LearningRateSweep(loaded[label]) for label in tuned}
     out = prepare_workdir(out)
     _claim(out, spec_arguments(spec, digests))
     task_keys = evaluate.held_out_task_keys(spec.task_seed, spec.num_tasks)
 
-    units = _units(spec, out, labels)
+    units = _units(spec, out, labels, tuned)
     results: Results = {}
     for unit in units:
         if (found := _read_unit(unit)) is not None:
-            results[(unit.setting.label, unit.label, unit.seed)] = found
+            results[result_key(unit)] = found
     progress = tqdm(total=len(units), initial=len(results), desc="evaluate", unit="run", disable=not show_progress,
                     dynamic_ncols=True, file=sys.stderr)
     try:
         for unit in units:
-            key = (unit.setting.label, unit.label, unit.seed)
+            key = result_key(unit)
             if key in results:
                 continue
             progress.set_postfix_str(f"{unit.setting.label} / {unit.label} / seed {unit.seed}")
-            optimizer = loaded[unit.label] if unit.kind == "learned" else baselines[unit.label]
+            optimizer = {"learned": loaded, "learned_lr": sweeps, "baseline": baselines}[unit.kind][unit.label]
             curves = _run_unit(unit, spec, families[unit.setting.label], optimizer, task_keys)
             unit.path.parent.mkdir(parents=True, exist_ok=True)
-            payload = {"setting": unit.setting.label, "optimizer": unit.label, "seed": unit.seed,
+            payload = {"setting": unit.setting.label, "optimizer": unit.label, "seed": unit.seed, "kind": unit.kind,
                        "curves": summary.curves_json(curves)}
             write_text_atomic(unit.path, json.dumps(payload))
             results[key] = summary.curves_from_json(payload["curves"])

@@ -66,26 +66,41 @@ def _speedup_summary(per_run: np.ndarray) -> Dict[str, Any]:
             "reached": int(np.sum(flat > 0)), "runs": int(flat.size)}
 
 
+LEARNING_RATE_SWEEP_SUFFIX = " (lr sweep)"
+
+
+def _tuned_entry(spec: Any, per_rate: evaluate.Curves, kind: str) -> Dict[str, Any]:
+    """Returns the entry of a learning-rate grid [seeds, rates, tasks, ...] at each task's best rate (mean over seeds)."""
+    tuned_on = per_rate.final_losses if spec.tune_on == "train" else per_rate.final_valid_losses
+    best = evaluate.best_rate_per_task(tuned_on)
+    tasks_index = np.arange(best.shape[0])
+    return {
+        "kind": kind,
+        "curves": evaluate.Curves(*(x[:, best, tasks_index] for x in per_rate)),
+        "learning_rates": [float(spec.learning_rates[i]) for i in best],
+        "num_at_grid_edge": int(np.sum((best == 0) | (best == len(spec.learning_rates) - 1))),
+        "grid_final_losses": to_json(per_rate.final_losses),
+    }
+
+
 def aggregate(spec: Any, learned_labels: Sequence[str], results: Dict[Tuple[str, str, int], evaluate.Curves]) -> Dict[str, Any]:
-    """Combines unit results: picks baseline learning rates per task (over seeds), computes speedups and the table."""
+    """Combines unit results: picks baseline learning rates per task (over seeds), computes speedups and the table.
+
+    A learned optimizer whose learning rate was also swept (Spec.tune_learned) gets a second row,
+    `LABEL (tuned lr)`, at its per-task best rate, like the baselines.
+    """
     settings = {}
     for setting in spec.settings:
         entries: Dict[str, Dict[str, Any]] = {}
         for label in learned_labels:
             curves = stack([results[(setting.label, label, s)] for s in spec.seeds])
             entries[label] = {"kind": "learned", "curves": curves}
+            sweep = [results.get((setting.label, label + LEARNING_RATE_SWEEP_SUFFIX, s)) for s in spec.seeds]
+            if all(item is not None for item in sweep):
+                entries[f"{label} (tuned lr)"] = _tuned_entry(spec, stack(sweep), "learned")
         for name in spec.baselines:
             per_rate = stack([results[(setting.label, name, s)] for s in spec.seeds])  # [seeds, rates, tasks, ...]
-            tuned_on = per_rate.final_losses if spec.tune_on == "train" else per_rate.final_valid_losses
-            best = evaluate.best_rate_per_task(tuned_on)
-            tasks_index = np.arange(best.shape[0])
-            entries[f"{name} (tuned lr)"] = {
-                "kind": "baseline",
-                "curves": evaluate.Curves(*(x[:, best, tasks_index] for x in per_rate)),
-                "learning_rates": [float(spec.learning_rates[i]) for i in best],
-                "num_at_grid_edge": int(np.sum((best == 0) | (best == len(spec.learning_rates) - 1))),
-                "grid_final_losses": to_json(per_rate.final_losses),
-            }
+            entries[f"{name} (tuned lr)"] = _tuned_entry(spec, per_rate, "baseline")
         reference = entries.get(f"{spec.reference} (tuned lr)")
         for entry in entries.values():
             curves = entry["curves"]
@@ -110,7 +125,7 @@ def _speedup_text(value: float) -> str:
 
 
 def _rate_text(entry: Dict[str, Any]) -> str:
-    if entry["kind"] != "baseline":
+    if "learning_rates" not in entry:
         return "-"
     rates = np.asarray(entry["learning_rates"])
     text = f"{np.median(rates):.3g} ({rates.min():.3g}..{rates.max():.3g})"

@@ -8,7 +8,9 @@ evaluation Spec (budgets times `--budget-scale`) and adds the suite report (suit
 Fashion-MNIST, CIFAR-10 grey and digits MLPs with one hidden layer of 32 and horizons up to
 2,000 steps: no entry reuses one of those shapes. Its cost at full budget, for one learned
 optimizer and the four baselines tuned over 7 learning rates (29 training runs per task
-draw), is stated in README.md.
+draw), is stated in README.md. A learned optimizer that takes a learning rate (the Celo2 rule:
+a learned direction the user's schedule scales) is evaluated twice: with its stored settings,
+and with its learning rate tuned per task over the same grid as the baselines (`NAME (tuned lr)`).
 """
 
 from __future__ import annotations
@@ -134,4 +136,5 @@ def suite_spec(
         tune_on="train",
         reference=suite.reference,
         data_dir=data_dir,
+        tune_learned=True,
     )

@@ -176,3 +176,24 @@ def test_suite_cli_writes_aggregates_and_resumes(tmp_path, export_file, capsys, 
     assert json.loads((out / "suite.json").read_text())["across_tasks"] == overall
     code, _, err = cli(argv[:-2] + ["--budget-scale", "0.2", "--out", str(out)], capsys)
     assert code == 2 and "different arguments" in err
+
+
+def test_suite_also_tunes_the_learning_rate_of_a_learned_direction(tmp_path, capsys, monkeypatch):
+    celo2 = lopt.get("celo2", learning_rate=1e-2)
+    export = tmp_path / "celo2.lopt"
+    lopt.save(export, celo2, celo2.init(jax.random.key(0)))
+    tiny = suites.Suite(
+        name="tiny", entries=(suites.SuiteEntry("quad", "quadratic", {"dim": 4}, 40, "a quadratic"),),
+        baselines=("adam", "adamw_cosine"), reference="adam", schedule_reference="adamw_cosine",
+        learning_rates=(1e-3, 1e-2, 1e-1), num_tasks=2, seeds=(0,))
+    monkeypatch.setitem(suites.SUITES, "tiny", tiny)
+    out = tmp_path / "suite"
+    code, _, err = cli(["--suite", "tiny", "--export", str(export), "--out", str(out)], capsys)
+    assert code == 0, err
+    entries = json.loads((out / "evaluation.json").read_text())["settings"]["quad"]["optimizers"]
+    default, tuned = entries["celo2"], entries["celo2 (tuned lr)"]
+    assert all(rate in (1e-3, 1e-2, 1e-1) for rate in tuned["learning_rates"])
+    # the grid holds the stored rate (1e-2), so the per-task best can only be as good or better
+    assert tuned["final_train_loss"]["mean"] <= default["final_train_loss"]["mean"] * (1 + 1e-4)
+    overall = json.loads((out / "suite.json").read_text())["across_tasks"]
+    assert {"celo2", "celo2 (tuned lr)"} <= set(overall)
