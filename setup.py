@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Meta-train learned optimizers in JAX and use them as optax transformations.",
     python_requires=">=3.10",
-    packages=["lopt", "lopt.pretrained", "tasks", "tasks.examples", "meta_train"],
+    packages=["lopt", "lopt.pretrained", "lopt.torch", "tasks", "tasks.examples", "meta_train"],
     package_data={"lopt.pretrained": ["*.lopt"]},
     install_requires=[
         "jax>=0.6",
@@ -24,7 +24,7 @@ setup(
         "tqdm",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis", "torch==2.13.0"], "torch": ["torch==2.13.0"]},
     entry_points={
         "console_scripts": [
             "lopt-meta-train=meta_train.cli:meta_train_main",
