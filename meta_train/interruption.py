@@ -32,6 +32,7 @@ class StopRequest:
         self.signal_number: Optional[int] = None
         self.last_saved_step: Optional[int] = None
         self._cleanups: List[Callable[[], None]] = []
+        self._handled: frozenset = frozenset()
 
     def requested(self) -> bool:
         """Returns whether a stop was asked for."""
@@ -46,6 +47,12 @@ class StopRequest:
     def exit_status(self) -> int:
         """The exit status the process should end with: 128 + the signal number."""
         return exit_status(self.signal_number) if self.signal_number else 0
+
+    def reclaim_signals(self) -> None:
+        """Re-installs the handlers over any that native code set since (jax.distributed's preemption
+        notifier takes SIGTERM at the operating-system level, where Python does not see the change)."""
+        for number in self._handled:
+            signal.signal(number, _record_only)
 
     def on_immediate_exit(self, cleanup: Callable[[], None]) -> None:
         """Registers `cleanup` (fast, e.g. releasing a lock file) to run before a second signal exits the process."""
@@ -85,6 +92,10 @@ class StopRequest:
                     self._exit_now(number)
 
 
+def _record_only(number: int, frame: object) -> None:
+    """The Python-level handler: nothing to do, the watcher thread has already seen the signal."""
+
+
 @contextlib.contextmanager
 def graceful_stop() -> Iterator[StopRequest]:
     """Within the block, SIGINT and SIGTERM set the yielded StopRequest instead of ending the process.
@@ -101,7 +112,8 @@ def graceful_stop() -> Iterator[StopRequest]:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     os.set_blocking(write_fd, False)
-    previous_handlers = {s: signal.signal(s, lambda number, frame: None) for s in handled}
+    previous_handlers = {s: signal.signal(s, _record_only) for s in handled}
+    request._handled = handled
     previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     watcher = threading.Thread(target=request._watch, args=(read_fd, handled), name="lopt-signal-watch", daemon=True)
     watcher.start()

@@ -235,6 +235,7 @@ def _train(config, run, workdir, lock, stop, invoked, show_progress, max_seconds
     compile_seconds = None
     done = saved_at = start
     interrupted = False
+    stop.reclaim_signals()
     try:
         with metrics_path.open("a") as log:
             for step in range(start, total):

@@ -14,7 +14,7 @@ import pytest
 from meta_train import folder_lock
 from meta_train.cli import meta_train_main
 from meta_train.folder_lock import LOCK_FILE, FolderLock, FolderLockedError
-from tests.workdir_runs import REPO, RUNNER, write_tiny_config
+from tests.workdir_runs import start_two_processes, write_tiny_config
 
 
 def finished_pid() -> int:
@@ -111,20 +111,7 @@ def test_two_processes_lock_the_workdir_once_and_both_stop_when_it_is_held(tmp_p
     workdir = tmp_path / "run"
     holder = FolderLock(workdir, "lopt-meta-train")
     holder.acquire()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", RUNNER, "--config", str(config), "--workdir", str(workdir), "--no-progress",
-             "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-             "--config.distributed.num_processes=2", f"--config.distributed.process_id={index}",
-             "--config.meta_train.parallel=shard_map"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-        )
-        for index in range(2)
-    ]
+    processes = start_two_processes(config, workdir)
     errors = []
     for process in processes:
         _, err = process.communicate(timeout=600)

@@ -16,7 +16,7 @@ from meta_train.checkpoint import Checkpointer
 from meta_train.cli import meta_train_main
 from meta_train.folder_lock import LOCK_FILE
 from meta_train.interruption import StopRequest
-from tests.workdir_runs import REPO, assert_same_run, command, write_tiny_config
+from tests.workdir_runs import REPO, assert_same_run, command, start_two_processes, write_tiny_config
 
 SAVED_LINE = re.compile(
     r"interrupted by (SIGINT|SIGTERM): checkpoint at meta-step (\d+) saved in (\S+); rerun the same command to resume"
@@ -109,3 +109,19 @@ def test_stop_requested_before_the_first_meta_step_saves_nothing(tmp_path):
     assert summary["meta_steps"] == 0 and summary["saved_step"] is None
     assert not list((tmp_path / "run" / "checkpoints").iterdir())
     assert not (tmp_path / "run" / "optimizer.lopt").exists() and not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_meta_step(tmp_path):
+    config = write_tiny_config(tmp_path)
+    workdir = tmp_path / "run"
+    processes = start_two_processes(config, workdir, "--config.meta_train.num_steps=100000")
+    wait_for_metrics(processes[0], workdir, lines=3)
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [143, 143], outputs
+    line = outputs[0][1].splitlines()[-1].replace("a signal to another process", "SIGTERM")
+    match = SAVED_LINE.fullmatch(line)
+    assert match, outputs[0][1]
+    assert checkpoint_names(workdir)[-1] == match.group(2)
+    assert "Traceback" not in outputs[0][1] + outputs[1][1]
+    assert not (workdir / LOCK_FILE).exists()

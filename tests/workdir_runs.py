@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -52,6 +55,24 @@ def command(config: Path, workdir: Path, *overrides: str) -> List[str]:
     """Returns the argv that runs `lopt-meta-train` on `config` in `workdir` in a fresh Python process."""
     return [sys.executable, "-c", RUNNER, "--config", str(config), "--workdir", str(workdir), "--no-progress",
             *overrides]
+
+
+def start_two_processes(config: Path, workdir: Path, *overrides: str) -> List[subprocess.Popen]:
+    """Starts `lopt-meta-train` as two JAX processes on this host (one CPU device each), sharding the tasks."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return [
+        subprocess.Popen(
+            command(config, workdir, "--config.distributed.enabled=True",
+                    f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                    "--config.distributed.num_processes=2", f"--config.distributed.process_id={index}",
+                    "--config.meta_train.parallel=shard_map", *overrides),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        )
+        for index in range(2)
+    ]
 
 
 def metrics_lines(workdir: Path) -> list:
