@@ -166,6 +166,8 @@ def meta_train(
 def _meta_train(config, workdir, show_progress, max_seconds, stop) -> Dict[str, Any]:
     invoked = time.perf_counter()
     config_lib.initialize_distributed(config)
+    if stop is not None:
+        stop.reclaim_signals()
     config_lib.validate(config)
     config_lib.apply_cpu_loop_unrolling(config)
     config_lib.apply_host_devices(config)
