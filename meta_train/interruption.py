@@ -120,6 +120,7 @@ def graceful_stop() -> Iterator[StopRequest]:
     try:
         yield request
     finally:
+        request._handled = frozenset()
         signal.set_wakeup_fd(previous_wakeup)
         for number, handler in previous_handlers.items():
             signal.signal(number, handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -125,3 +126,17 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_meta_step(tmp_p
     assert checkpoint_names(workdir)[-1] == match.group(2)
     assert "Traceback" not in outputs[0][1] + outputs[1][1]
     assert not (workdir / LOCK_FILE).exists()
+
+
+def test_graceful_stop_records_the_signal_and_restores_the_handlers_after():
+    from meta_train.interruption import graceful_stop
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with graceful_stop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while not stop.requested() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.signal_name == "SIGTERM" and stop.exit_status == 143
+    stop.reclaim_signals()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
