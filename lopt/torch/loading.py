@@ -58,7 +58,10 @@ def load(source: Union[str, "os.PathLike[str]"], params: Iterable[Any], **settin
             f"{path}: lopt.torch has no PyTorch version of the {exported.name!r} learned optimizer "
             f"(supported: {', '.join(ARCHITECTURES)})")
     optimizer_class, split_config = ARCHITECTURES[exported.name]
-    architecture, group_defaults = split_config(exported.config)
+    try:
+        architecture, group_defaults = split_config(exported.config)
+    except ValueError as error:
+        raise export_format.ExportError(f"{path}: {error}") from None
     accepted = group_settings(optimizer_class)
     unknown = sorted(set(settings) - set(accepted))
     if unknown:
@@ -73,5 +76,6 @@ def group_settings(optimizer_class: Type[LearnedRuleOptimizer]) -> Tuple[str, ..
     signature = inspect.signature(optimizer_class.__init__)
     return tuple(name for name, parameter in signature.parameters.items()
                  if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in optimizer_class.architecture_keys)
+
 
 __all__ = ["ARCHITECTURES", "PRETRAINED_DIR", "UnsupportedArchitectureError", "group_settings", "load", "resolve"]
