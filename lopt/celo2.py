@@ -11,7 +11,8 @@ lr_t; `p <- p - lr_t * mult_1d * (adam + weight_decay * p)` for the Adam branch,
 
 The definitions follow the authors' code (amoudgl/celo, `celo2_optax.py`), not
 `lopt.adafactor_features`: the second moment is factored over a tensor's two largest axes
-(not its last two), the gradient is clipped to +-1000, and the normalisers use eps 1e-9.
+(`lopt.lo_features.factored_dims`, not its last two), the gradient is clipped to +-1000, and the
+normalisers use eps 1e-9.
 
 Channels, in the order of the first layer's rows (and of the authors' `w0__i` blocks):
 g, clip(g, +-0.1), p, momenta (3), rms, momenta * rsqrt(rms + 1e-8) (3), rsqrt(rms + 1e-8),
@@ -33,6 +34,7 @@ import numpy as np
 import optax
 
 from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, NumSteps, register
+from lopt.lo_features import EPSILON, factored_dims, safe_rsqrt
 from lopt.tensor_map import map_block_ranges, map_block_starts, map_blocks
 
 Array = jax.Array
@@ -81,14 +83,6 @@ class Celo2Error(LearnedOptimizerError):
     """A Celo2 optimizer was built with invalid arguments or given meta-parameters it cannot read."""
 
 
-def factored_axes(shape: Tuple[int, ...]) -> Optional[Tuple[int, int]]:
-    """Returns (largest axis, second largest axis) of `shape` (later axes win ties), None below 2 dims."""
-    if len(shape) < 2:
-        return None
-    order = np.argsort(np.asarray(shape), kind="stable")
-    return int(order[-1]), int(order[-2])
-
-
 def parameter_path(path: Tuple[Any, ...]) -> str:
     """Returns a pytree key path as its keys joined by "/" (e.g. "dense/b"), the string `adam_regex` is matched against."""
     parts = []
@@ -114,10 +108,10 @@ def _init_moments(p: Array) -> Celo2Moments:
     momenta = jnp.zeros((len(MOMENTUM_DECAYS),) + shape, jnp.float32)
     rms = jnp.zeros((1,) + shape, jnp.float32)
     k = len(ADAFACTOR_DECAYS)
-    axes = factored_axes(shape)
-    if axes is None:
+    dims = factored_dims(shape)
+    if dims is None:
         return Celo2Moments(momenta, rms, None, None, jnp.zeros((k,) + shape, jnp.float32))
-    largest, second = axes
+    second, largest = dims
     row = jnp.zeros((k,) + tuple(np.delete(shape, largest)), jnp.float32)
     col = jnp.zeros((k,) + tuple(np.delete(shape, second)), jnp.float32)
     return Celo2Moments(momenta, rms, row, col, None)
@@ -131,30 +125,26 @@ def _ema(old: Array, value: Array, decays: Tuple[float, ...]) -> Array:
 def _update_moments(moments: Celo2Moments, g: Array) -> Celo2Moments:
     momenta = _ema(moments.momenta, g, MOMENTUM_DECAYS)
     rms = _ema(moments.rms, g * g, (RMS_DECAY,))
-    squared = g * g + 1e-30
-    axes = factored_axes(g.shape)
-    if axes is None:
+    squared = g * g + EPSILON
+    dims = factored_dims(g.shape)
+    if dims is None:
         return Celo2Moments(momenta, rms, None, None, _ema(moments.full, squared, ADAFACTOR_DECAYS))
-    largest, second = axes
+    second, largest = dims
     row = _ema(moments.row, jnp.mean(squared, axis=largest), ADAFACTOR_DECAYS)
     col = _ema(moments.col, jnp.mean(squared, axis=second), ADAFACTOR_DECAYS)
     return Celo2Moments(momenta, rms, row, col, None)
 
 
-def _safe_rsqrt(x: Array) -> Array:
-    return jax.lax.rsqrt(jnp.maximum(x, 1e-9))
-
-
 def _factored_rsqrt(moments: Celo2Moments, shape: Tuple[int, ...]) -> Array:
     """Adafactor's rsqrt second-moment estimate F [3, *shape] of one tensor (the `fac_g / g` of the authors)."""
-    axes = factored_axes(shape)
-    if axes is None:
-        return _safe_rsqrt(moments.full + 1e-9)
-    largest, second = axes
+    dims = factored_dims(shape)
+    if dims is None:
+        return safe_rsqrt(moments.full + 1e-9)
+    second, largest = dims
     second_in_row = second - 1 if second > largest else second
     row_mean = jnp.mean(moments.row, axis=1 + second_in_row, keepdims=True)
-    row_factor = _safe_rsqrt(moments.row / (row_mean + 1e-9))
-    col_factor = _safe_rsqrt(moments.col)
+    row_factor = safe_rsqrt(moments.row / (row_mean + 1e-9))
+    col_factor = safe_rsqrt(moments.col)
     return jnp.expand_dims(row_factor, 1 + largest) * jnp.expand_dims(col_factor, 1 + second)
 
 
@@ -173,9 +163,9 @@ def tensor_channels(g: Array, p: Array, moments: Celo2Moments) -> Array:
     factor = _factored_rsqrt(moments, shape)
     channels = [g[None], jnp.clip(g, -0.1, 0.1)[None], p[None], m, moments.rms, m * rsqrt_rms, rsqrt_rms,
                 g[None] * factor, g[None] * rsqrt_rms]
-    axes = factored_axes(shape)
-    if axes is not None:
-        largest, second = axes
+    dims = factored_dims(shape)
+    if dims is not None:
+        second, largest = dims
         k = moments.row.shape[0]
         row = jnp.broadcast_to(jnp.expand_dims(moments.row, 1 + largest), (k,) + shape)
         col = jnp.broadcast_to(jnp.expand_dims(moments.col, 1 + second), (k,) + shape)
@@ -272,13 +262,13 @@ def matrix_direction(mlp: MetaParams, g: Array, p: Array, moments: Celo2Moments,
     other 18 channels is folded into the first layer after a statistics pass over the blocks.
     """
     num_rows, num_cols = p.shape
-    largest, second = factored_axes(p.shape)
+    second, largest = factored_dims(p.shape)
     k = moments.row.shape[0]
     second_in_row = second - 1 if second > largest else second
     row_mean = jnp.mean(moments.row, axis=1 + second_in_row, keepdims=True)
     # A statistic that drops matrix axis a broadcasts along it: [k, 1, C] for a = 0, [k, R, 1] (row-indexed) for a = 1.
     expand = lambda stats, axis: (jnp.expand_dims(stats, 1 + axis), axis == 1)
-    factors = (expand(_safe_rsqrt(moments.row / (row_mean + 1e-9)), largest), expand(_safe_rsqrt(moments.col), second))
+    factors = (expand(safe_rsqrt(moments.row / (row_mean + 1e-9)), largest), expand(safe_rsqrt(moments.col), second))
     w0 = mlp["w0"]
     statistic_rows = NUM_VECTOR_CHANNELS + np.arange(4 * k).reshape(4, k)
     contributions = []
