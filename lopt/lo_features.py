@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.adafactor_features import Decays
+
 Array = jax.Array
 
 EPSILON = 1e-30
@@ -40,14 +42,6 @@ class Accumulators(NamedTuple):
     momenta: Any
     rms: Any
     factored: Any
-
-
-class Decays(NamedTuple):
-    """Decay rates (float32 arrays, possibly traced) of each accumulator kind."""
-
-    momentum: Array
-    rms: Array
-    factored: Array
 
 
 def factored_dims(shape: Sequence[int]) -> Optional[Tuple[int, int]]:
