@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the repository's optional real-data folder and small deterministic tasks."""
+"""Shared pytest fixtures: the repository's optional real-data folder, small deterministic tasks and a tiny export."""
 
 from __future__ import annotations
 
@@ -17,6 +17,20 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-data folder {SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def export_file(tmp_path_factory) -> Path:
+    """An untrained `mlp` learned optimizer (hidden (8,), step_mult 1e-2) saved as an export file."""
+    # Imported here, not at the top, so that JAX starts only after XLA_FLAGS below is set.
+    import jax
+
+    import lopt
+
+    optimizer = lopt.get("mlp", hidden_sizes=(8,), step_mult=1e-2)
+    path = tmp_path_factory.mktemp("export") / "tiny.lopt"
+    lopt.save(path, optimizer, optimizer.init(jax.random.key(0)), {"note": "untrained"})
+    return path
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,12 +1,17 @@
-"""Small deterministic task families and learned optimizers that tests build meta-training runs from."""
+"""Small deterministic task families and learned optimizers that tests build meta-training runs from, and a
+`lopt-evaluate` runner."""
 
 from __future__ import annotations
+
+from typing import List, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 
 from lopt.base import LearnedOptimizer
+from meta_train.evaluation_cli import main as evaluation_main
 from tasks.base import Task, TaskFamily
 
 
@@ -79,3 +84,10 @@ class TwoPhaseMomentumLOpt(MomentumLOpt):
         if phase not in ("lr", "momentum"):
             raise ValueError(f"no phase {phase!r}; phases: all, lr, momentum")
         return {"log_lr": phase == "lr", "momentum_logit": phase == "momentum"}
+
+
+def evaluate_cli(argv: List[str], capsys: pytest.CaptureFixture) -> Tuple[int, str, str]:
+    """Runs `lopt-evaluate argv --no-progress` in-process and returns (exit code, stdout, stderr)."""
+    code = evaluation_main(argv + ["--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

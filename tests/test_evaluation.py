@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
 import lopt
 import tasks
 from meta_train import evaluate, evaluation_run
-from meta_train.evaluation_cli import main
-
-
-@pytest.fixture(scope="module")
-def export_file(tmp_path_factory):
-    optimizer = lopt.get("mlp", hidden_sizes=(8,), step_mult=1e-2)
-    path = tmp_path_factory.mktemp("export") / "tiny.lopt"
-    lopt.save(path, optimizer, optimizer.init(jax.random.key(0)), {"note": "untrained"})
-    return path
-
-
-def cli(argv, capsys):
-    code = main(argv + ["--no-progress"])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.helpers import evaluate_cli
 
 
 def arguments(export_file, out):
@@ -64,7 +49,7 @@ def test_speedups_and_rate_selection():
 
 def test_cli_writes_curves_plot_table_and_resumes(tmp_path, export_file, capsys, monkeypatch):
     out = tmp_path / "eval"
-    code, stdout, err = cli(arguments(export_file, out), capsys)
+    code, stdout, err = evaluate_cli(arguments(export_file, out), capsys)
     assert code == 0, err
     result = json.loads((out / "evaluation.json").read_text())
     entries = result["settings"]["quadratic"]["optimizers"]
@@ -83,19 +68,19 @@ def test_cli_writes_curves_plot_table_and_resumes(tmp_path, export_file, capsys,
         raise AssertionError("a finished unit was recomputed")
 
     monkeypatch.setattr(evaluation_run, "_run_unit", fail)
-    assert cli(arguments(export_file, out), capsys)[0] == 0
+    assert evaluate_cli(arguments(export_file, out), capsys)[0] == 0
     monkeypatch.undo()
     units[0].unlink()
     calls = []
     original = evaluation_run._run_unit
     monkeypatch.setattr(evaluation_run, "_run_unit", lambda *a: calls.append(a[0].path) or original(*a))
-    assert cli(arguments(export_file, out), capsys)[0] == 0
+    assert evaluate_cli(arguments(export_file, out), capsys)[0] == 0
     assert calls == [units[0]]
     assert json.loads((out / "evaluation.json").read_text())["settings"] == result["settings"]
 
     changed = arguments(export_file, out)
     changed[changed.index("--num-steps") + 1] = "40"
-    code, _, err = cli(changed, capsys)
+    code, _, err = evaluate_cli(changed, capsys)
     assert code == 2 and err.count("\n") == 1 and "different arguments (settings)" in err
 
 
@@ -119,7 +104,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, export_file, capsys, flag, val
     corrupt.write_bytes(bytes(data))
     argv = arguments(export_file, tmp_path / "out")
     argv[argv.index(flag) + 1] = value.replace("{tmp}", str(tmp_path))
-    code, _, err = cli(argv, capsys)
+    code, _, err = evaluate_cli(argv, capsys)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out" / "units").exists()

@@ -15,23 +15,9 @@ import pytest
 import lopt
 import tasks
 from meta_train import aggregates, evaluate, evaluation_run, evaluation_summary, report, suites
-from meta_train.evaluation_cli import main
+from tests.helpers import evaluate_cli
 
 NEW_BASELINES = ("adamw_cosine", "muon", "schedule_free_adamw")
-
-
-@pytest.fixture(scope="module")
-def export_file(tmp_path_factory):
-    optimizer = lopt.get("mlp", hidden_sizes=(8,), step_mult=1e-2)
-    path = tmp_path_factory.mktemp("export") / "tiny.lopt"
-    lopt.save(path, optimizer, optimizer.init(jax.random.key(0)), {"note": "untrained"})
-    return path
-
-
-def cli(argv, capsys):
-    code = main(argv + ["--no-progress"])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("index", range(len(suites.HELDOUT.entries)), ids=[e.name for e in suites.HELDOUT.entries])
@@ -93,12 +79,12 @@ def test_one_speedup_definition_for_report_and_lopt_evaluate(tmp_path, capsys):
 
 
 def test_unknown_suite_is_a_one_line_error_listing_the_suites(tmp_path, capsys):
-    code, _, err = cli(["--suite", "nope", "--out", str(tmp_path / "out")], capsys)
+    code, _, err = evaluate_cli(["--suite", "nope", "--out", str(tmp_path / "out")], capsys)
     assert code == 2
     assert err.strip() == "error: unknown suite 'nope'; choose from heldout"
-    code, _, err = cli(["--suite", "heldout", "--family", "quadratic", "--out", str(tmp_path / "out")], capsys)
+    code, _, err = evaluate_cli(["--suite", "heldout", "--family", "quadratic", "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "drop --family" in err and len(err.strip().splitlines()) == 1
-    code, _, err = cli(["--task", "quadratic10", "--budget-scale", "0.1", "--out", str(tmp_path / "out")], capsys)
+    code, _, err = evaluate_cli(["--task", "quadratic10", "--budget-scale", "0.1", "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "--budget-scale needs --suite" in err
 
 
@@ -155,7 +141,7 @@ def test_suite_cli_writes_aggregates_and_resumes(tmp_path, export_file, capsys, 
     monkeypatch.setitem(suites.SUITES, "tiny", tiny)
     out = tmp_path / "suite"
     argv = ["--suite", "tiny", "--export", str(export_file), "--budget-scale", "0.1", "--out", str(out)]
-    code, stdout, err = cli(argv, capsys)
+    code, stdout, err = evaluate_cli(argv, capsys)
     assert code == 0, err
     result = json.loads((out / "suite.json").read_text())
     assert result["steps"] == {"quad": 30, "logreg": 20}
@@ -171,10 +157,10 @@ def test_suite_cli_writes_aggregates_and_resumes(tmp_path, export_file, capsys, 
     assert "loss ratio vs tuned adamw_cosine (IQM)" in stdout
 
     monkeypatch.setattr(evaluation_run, "_run_unit", lambda *a, **k: pytest.fail("a finished unit was run again"))
-    code, again, err = cli(argv, capsys)
+    code, again, err = evaluate_cli(argv, capsys)
     assert code == 0, err
     assert json.loads((out / "suite.json").read_text())["across_tasks"] == overall
-    code, _, err = cli(argv[:-2] + ["--budget-scale", "0.2", "--out", str(out)], capsys)
+    code, _, err = evaluate_cli(argv[:-2] + ["--budget-scale", "0.2", "--out", str(out)], capsys)
     assert code == 2 and "different arguments" in err
 
 
@@ -188,7 +174,7 @@ def test_suite_also_tunes_the_learning_rate_of_a_learned_direction(tmp_path, cap
         learning_rates=(1e-3, 1e-2, 1e-1), num_tasks=2, seeds=(0,))
     monkeypatch.setitem(suites.SUITES, "tiny", tiny)
     out = tmp_path / "suite"
-    code, _, err = cli(["--suite", "tiny", "--export", str(export), "--out", str(out)], capsys)
+    code, _, err = evaluate_cli(["--suite", "tiny", "--export", str(export), "--out", str(out)], capsys)
     assert code == 0, err
     entries = json.loads((out / "evaluation.json").read_text())["settings"]["quad"]["optimizers"]
     default, tuned = entries["celo2"], entries["celo2 (tuned lr)"]
