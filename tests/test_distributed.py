@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import lopt
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.workdir_runs import REPO, command, write_tiny_config
 
 DEVICE_COMPARISON = textwrap.dedent(
     """
@@ -66,30 +65,6 @@ def test_eight_devices_give_the_meta_gradient_of_one():
         assert abs(other["meta_loss"] - single["meta_loss"]) < 1e-5
 
 
-TINY = textwrap.dedent(
-    """
-    from meta_train.config import base_config
-
-    def get_config():
-        config = base_config()
-        config.task.family = "quadratic"
-        config.task.kwargs.dim = 8
-        config.optimizer.name = "mlp"
-        config.optimizer.kwargs.hidden_sizes = (8,)
-        config.optimizer.kwargs.step_mult = 0.01
-        config.meta_train.num_tasks = 4
-        config.meta_train.trunc_length = 5
-        config.meta_train.horizon_length = 20
-        config.meta_train.num_steps = 4
-        config.checkpoint.every = 2
-        config.log_every = 1
-        config.eval.enabled = False
-        return config
-    """
-)
-RUNNER = "import sys; from meta_train.cli import meta_train_main; sys.exit(meta_train_main())"
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -101,10 +76,10 @@ def launch_two_processes(config: Path, workdir: Path, num_steps: int):
     env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", RUNNER, "--config", str(config), "--workdir", str(workdir), "--no-progress",
-             "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-             "--config.distributed.num_processes=2", f"--config.distributed.process_id={index}",
-             "--config.meta_train.parallel=shard_map", f"--config.meta_train.num_steps={num_steps}"],
+            command(config, workdir, "--config.distributed.enabled=True",
+                    f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                    "--config.distributed.num_processes=2", f"--config.distributed.process_id={index}",
+                    "--config.meta_train.parallel=shard_map", f"--config.meta_train.num_steps={num_steps}"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
         )
         for index in range(2)
@@ -122,11 +97,10 @@ def digest(output: str) -> str:
 
 
 def test_two_processes_meta_train_together_and_resume_from_one_writer(tmp_path):
-    config = tmp_path / "tiny.py"
-    config.write_text(TINY)
+    config = write_tiny_config(tmp_path)
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-c", RUNNER, "--config", str(config), "--workdir", str(single), "--no-progress",
-                    "--config.meta_train.num_steps=6"], check=True, capture_output=True, cwd=REPO, timeout=600)
+    subprocess.run(command(config, single, "--config.meta_train.num_steps=6"), check=True, capture_output=True,
+                   cwd=REPO, timeout=600)
 
     workdir = tmp_path / "two_processes"
     first = launch_two_processes(config, workdir, num_steps=4)

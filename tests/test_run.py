@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import jax
@@ -16,35 +15,12 @@ import meta_train
 import tasks
 from meta_train import config as config_lib
 from meta_train.cli import export_main, meta_train_main
-
-TINY_CONFIG = textwrap.dedent(
-    """
-    from meta_train.config import base_config
-
-    def get_config():
-        config = base_config()
-        config.task.family = "quadratic"
-        config.task.kwargs.dim = 8
-        config.optimizer.name = "mlp"
-        config.optimizer.kwargs.hidden_sizes = (8,)
-        config.optimizer.kwargs.step_mult = 0.01
-        config.meta_train.num_tasks = 4
-        config.meta_train.trunc_length = 5
-        config.meta_train.horizon_length = 20
-        config.meta_train.num_steps = 6
-        config.checkpoint.every = 3
-        config.log_every = 1
-        config.eval.enabled = False
-        return config
-    """
-)
+from tests.workdir_runs import TINY_CONFIG, write_tiny_config
 
 
 @pytest.fixture()
 def tiny_config(tmp_path):
-    path = tmp_path / "tiny.py"
-    path.write_text(TINY_CONFIG)
-    return path
+    return write_tiny_config(tmp_path)
 
 
 def run_cli(argv, capsys):
