@@ -1,10 +1,12 @@
 """Ablation of the generalist recipe: each lever switched off in its own fixed-time meta-training run, then all
 rows judged side by side on the held-out suite.
 
-    python scripts/bench_ablation.py --data-dir /path/to/data --minutes 30 --budget-scale 0.25 \
+    python scripts/bench_ablation.py --data-dir /path/to/data --meta-steps 3000 \
         --out benchmarks/ablation.json [--rows recipe no_augmentation ...] [--extra shipped=FILE]
 
-Rows (each a change to configs/generalist.py, meta-trained for --minutes of training time):
+Rows (each a change to configs/generalist.py). Every row gets the same budget: --meta-steps meta-steps
+with the meta-learning-rate decay shortened to match (the fair choice on a shared machine), or
+--minutes of training time (the cap used when only wall time matters).
 
 - `recipe`: the shipped recipe as it is (Celo2 with orthogonalised matrix updates, global
   reparameterisation);
@@ -13,7 +15,7 @@ Rows (each a change to configs/generalist.py, meta-trained for --minutes of trai
 - `small_fc_lopt`: small_fc_lopt (step_mult 1e-2) in place of the Celo2 rule;
 - `small_fc_lopt_mup`: the same with the maximal-update option (mup=True).
 
-Each row meta-trains in WORKDIR/<row> through `lopt-meta-train --max-minutes` (rerunning the
+Each row meta-trains in WORKDIR/<row> through `lopt-meta-train` (rerunning the
 command resumes unfinished rows and skips finished ones), then one `lopt-evaluate --suite`
 evaluates every row's export (plus any --extra exports, e.g. the full-length run) against the
 suite's tuned baselines, and the table of suite aggregates is printed and written as JSON and
@@ -43,8 +45,12 @@ ROWS: Dict[str, str] = {
 }
 
 
-def row_config_source(change: str) -> str:
-    """Returns a config file's text: configs/generalist.py with `change` (Python statements on `config`) applied."""
+def row_config_source(change: str, meta_steps: Optional[int] = None) -> str:
+    """Returns a config file's text: configs/generalist.py with `change` (Python statements on `config`) applied,
+    and, given `meta_steps`, a run of that many meta-steps whose meta-learning rate decays over them."""
+    if meta_steps is not None:
+        change = (change + "\n" if change else "") + (f"config.meta_train.num_steps = {meta_steps}\n"
+                                                       f"config.meta_train.meta_lr_decay_steps = {meta_steps}")
     body = textwrap.indent(change or "pass", "    ")
     return (
         '"""configs/generalist.py with one ablation change (written by scripts/bench_ablation.py)."""\n'
@@ -55,14 +61,17 @@ def row_config_source(change: str) -> str:
     )
 
 
-def meta_train_row(row: str, workdir: Path, minutes: float, data_dir: str) -> Path:
-    """Meta-trains one row for `minutes` of training time (resuming if started) and returns its export file."""
+def meta_train_row(row: str, workdir: Path, minutes: Optional[float], meta_steps: Optional[int],
+                   data_dir: str) -> Path:
+    """Meta-trains one row for `meta_steps` meta-steps or `minutes` of training time (resuming if started)
+    and returns its export file."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir.parent / f"{row}_config.py"
-    config_file.write_text(row_config_source(ROWS[row]))
+    config_file.write_text(row_config_source(ROWS[row], meta_steps))
     env = dict(os.environ, LOPT_DATA_DIR=data_dir) if data_dir else dict(os.environ)
-    command = ["lopt-meta-train", "--config", str(config_file), "--workdir", str(workdir),
-               "--max-minutes", str(minutes), "--no-progress"]
+    command = ["lopt-meta-train", "--config", str(config_file), "--workdir", str(workdir), "--no-progress"]
+    if minutes is not None:
+        command += ["--max-minutes", str(minutes)]
     print(f"[{row}] {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, env=env)
     return workdir / "optimizer.lopt"
@@ -72,7 +81,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Returns the benchmark's command-line arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    p.add_argument("--minutes", type=float, default=30.0, help="meta-training time per row")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--meta-steps", type=int, help="meta-steps per row (meta-lr decays over them)")
+    budget.add_argument("--minutes", type=float, help="meta-training time per row")
     p.add_argument("--workdir", default="runs/ablation")
     p.add_argument("--data-dir", default=os.environ.get("LOPT_DATA_DIR", ""))
     p.add_argument("--suite", default="heldout")
@@ -89,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     root = Path(args.workdir).absolute()
     exports = {}
     for row in args.rows:
-        exports[row] = meta_train_row(row, root / row, args.minutes, args.data_dir)
+        exports[row] = meta_train_row(row, root / row, args.minutes, args.meta_steps, args.data_dir)
     labelled = dict(spec.split("=", 1) for spec in args.extra)
     # lopt-evaluate names each row after its file's stem, so every export is linked under its row's name
     named = root / "exports"
@@ -111,7 +122,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     summary = json.loads((evaluation_dir / "suite.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": "python scripts/bench_ablation.py " + " ".join(sys.argv[1:]),
-                               "minutes_per_row": args.minutes, "rows": args.rows, "suite": summary}, indent=2))
+                               "minutes_per_row": args.minutes, "meta_steps_per_row": args.meta_steps,
+                               "rows": args.rows, "suite": summary}, indent=2))
     (out.with_suffix(".md")).write_text((evaluation_dir / "suite.md").read_text())
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

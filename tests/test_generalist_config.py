@@ -73,3 +73,8 @@ def test_every_ablation_row_is_a_valid_config_that_changes_one_lever(tmp_path):
         config_lib.validate(config)
         changed = {key for key in ("task", "optimizer", "meta_train") if config[key].to_dict() != recipe[key].to_dict()}
         assert changed == ({"task"} if row == "no_augmentation" else set() if row == "recipe" else {"optimizer"}), row
+    budgeted = tmp_path / "budgeted.py"
+    budgeted.write_text(ablation.row_config_source(ablation.ROWS["no_augmentation"], meta_steps=123))
+    config = config_lib.load_config(budgeted)
+    assert (config.meta_train.num_steps, config.meta_train.meta_lr_decay_steps) == (123, 123)
+    assert tuple(config.task.reparameterize.levels) == ()
