@@ -1,14 +1,20 @@
 """Core task types: a `Task` is one training problem, a `TaskFamily` a distribution of them.
 
-Families are pytrees. Every attribute whose value is an array (or a pytree made only of
-arrays, such as an `ArrayDataset`) is a leaf; every other attribute is static. This lets the
-meta-trainer pass a family, datasets included, into `jax.jit` as an argument instead of
-baking megabytes of data into the compiled program as constants.
+Families are pytrees with declared fields. Each family class names its data, the arrays (or
+pytrees of arrays, such as an `ArrayDataset` or another family) that are pytree leaves, in
+`data_fields`; every other attribute set in `__init__` is static. The meta-trainer passes a
+family into `jax.jit` as an argument, so its datasets are inputs of the compiled program
+rather than megabytes of baked-in constants, and a family rebuilt with the same settings has
+equal static fields and reuses the compiled program. This is the same split as
+`flax.struct.dataclass`, whose `flax.struct.field(pytree_node=False)` marks a static field;
+here the data fields are listed instead, so families keep ordinary validating `__init__`s.
+
+Tasks are not pytrees: `family.task(cfg)` builds them inside jit and they never cross it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -46,61 +52,59 @@ class Task:
 _ARRAY_TYPES = (np.ndarray, jax.Array, jax.ShapeDtypeStruct)
 
 
-def _is_array_tree(value: Any) -> bool:
-    if isinstance(value, _ARRAY_TYPES):
-        return True
-    if isinstance(value, (str, bytes, int, float, bool, type(None))):
-        return False
-    leaves = jax.tree_util.tree_leaves(value)
-    return bool(leaves) and all(isinstance(x, _ARRAY_TYPES) for x in leaves)
+def _holds_arrays(value: Any) -> bool:
+    return any(isinstance(leaf, _ARRAY_TYPES) for leaf in jax.tree_util.tree_leaves(value))
 
 
-class _Static:
-    """Hashable wrapper that compares static attributes by value, for pytree aux data."""
+class _StaticFields:
+    """Hashable pytree aux data: a family's static (name, value) pairs, compared by type and value."""
 
     __slots__ = ("items",)
 
-    def __init__(self, items: tuple):
+    def __init__(self, items: Tuple[Tuple[str, Any], ...]):
         self.items = items
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Static) or len(self.items) != len(other.items):
-            return False
-        for (ka, va), (kb, vb) in zip(self.items, other.items):
-            if ka != kb or type(va) is not type(vb):
-                return False
-            try:
-                same = va == vb
-                if not isinstance(same, bool):
-                    same = bool(np.all(same))
-            except Exception:  # noqa: BLE001 - objects without value equality
-                same = va is vb
-            if not same:
-                return False
-        return True
+        # Type-strict, so that a static 2 and 2.0 (or True and 1) do not share a compiled program.
+        return (
+            isinstance(other, _StaticFields)
+            and len(self.items) == len(other.items)
+            and all(ka == kb and type(va) is type(vb) and va == vb
+                    for (ka, va), (kb, vb) in zip(self.items, other.items))
+        )
 
     def __hash__(self) -> int:
         parts = []
         for key, value in self.items:
             try:
                 parts.append(hash((key, value)))
-            except TypeError:
-                parts.append(hash((key, repr(value))))
+            except TypeError:  # lists and dicts: equal values have equal reprs
+                parts.append(hash((key, type(value).__name__, repr(value))))
         return hash(tuple(parts))
+
+    def __repr__(self) -> str:
+        return "StaticFields(" + ", ".join(f"{key}={value!r}" for key, value in self.items) + ")"
 
 
 class TaskFamily:
     """A distribution over tasks with fixed array shapes, so a batch of its tasks can be vmapped.
 
     Subclasses set their static shape choices (widths, depth, image size) and their datasets as
-    attributes in `__init__`, then implement `sample` and `task`. They are registered as pytrees
-    automatically (see the module docstring).
+    attributes in `__init__`, list the names of the dataset attributes in `data_fields`, and
+    implement `sample` and `task`. Every subclass is registered as a pytree whose leaves are the
+    declared data fields, in declared order; see the module docstring.
     """
 
     name: str = "task_family"
+    data_fields: ClassVar[Tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        fields = cls.data_fields
+        if not isinstance(fields, tuple) or not all(isinstance(f, str) for f in fields):
+            raise TypeError(f"{cls.__name__}.data_fields must be a tuple of attribute names, got {fields!r}")
+        if len(set(fields)) != len(fields):
+            raise TypeError(f"{cls.__name__}.data_fields names an attribute twice: {fields!r}")
         jax.tree_util.register_pytree_with_keys(
             cls, cls._tree_flatten_with_keys, cls._tree_unflatten, cls._tree_flatten
         )
@@ -113,45 +117,35 @@ class TaskFamily:
         """Returns the task described by `cfg`; must work when the leaves of `cfg` are tracers."""
         raise NotImplementedError
 
-    def _split_attributes(self):
-        # A copy made by unflattening keeps its original's split: JAX unflattens families with
-        # placeholder leaves (e.g. when lowering ahead of time), which must not turn data static.
-        known_dynamic = self.__dict__.get("_dynamic_names", frozenset())
-        known_static = self.__dict__.get("_static_names", frozenset())
-        dynamic, static = [], []
-        for key in sorted(vars(self)):
-            if key in ("_dynamic_names", "_static_names"):
-                continue
-            value = vars(self)[key]
-            if key in known_dynamic:
-                is_dynamic = True
-            elif key in known_static:
-                is_dynamic = False
-            else:
-                is_dynamic = _is_array_tree(value)
-            (dynamic if is_dynamic else static).append((key, value))
-        return dynamic, static
+    def _declared_fields(self) -> Tuple[List[Any], _StaticFields]:
+        cls, attributes = type(self), vars(self)
+        missing = [name for name in cls.data_fields if name not in attributes]
+        if missing:
+            raise TypeError(f"{cls.__name__} declares data_fields {missing} but its instance never sets them")
+        static = tuple((k, attributes[k]) for k in sorted(attributes) if k not in cls.data_fields)
+        for key, value in static:
+            if _holds_arrays(value):
+                raise TypeError(
+                    f"{cls.__name__}.{key} holds arrays but is not declared as data: add {key!r} to "
+                    f"{cls.__name__}.data_fields so it is passed into jit as an argument"
+                )
+        return [attributes[name] for name in cls.data_fields], _StaticFields(static)
 
-    def _tree_flatten(self):
-        dynamic, static = self._split_attributes()
-        return [v for _, v in dynamic], (tuple(k for k, _ in dynamic), _Static(tuple(static)))
+    def _tree_flatten(self) -> Tuple[List[Any], _StaticFields]:
+        return self._declared_fields()
 
-    def _tree_flatten_with_keys(self):
-        dynamic, static = self._split_attributes()
-        children = [(jax.tree_util.GetAttrKey(k), v) for k, v in dynamic]
-        return children, (tuple(k for k, _ in dynamic), _Static(tuple(static)))
+    def _tree_flatten_with_keys(self) -> Tuple[List[Tuple[Any, Any]], _StaticFields]:
+        data, static = self._declared_fields()
+        return [(jax.tree_util.GetAttrKey(name), value) for name, value in zip(type(self).data_fields, data)], static
 
     @classmethod
-    def _tree_unflatten(cls, aux, children):
-        names, static = aux
-        obj = object.__new__(cls)
+    def _tree_unflatten(cls, static: _StaticFields, data: Sequence[Any]) -> "TaskFamily":
+        family = object.__new__(cls)  # not __init__: leaves may be tracers or placeholders
         for key, value in static.items:
-            object.__setattr__(obj, key, value)
-        for key, value in zip(names, children):
-            object.__setattr__(obj, key, value)
-        object.__setattr__(obj, "_dynamic_names", frozenset(names))
-        object.__setattr__(obj, "_static_names", frozenset(key for key, _ in static.items))
-        return obj
+            object.__setattr__(family, key, value)
+        for name, value in zip(cls.data_fields, data):
+            object.__setattr__(family, name, value)
+        return family
 
 
 class TaskError(ValueError):
@@ -171,6 +165,10 @@ def single_task_family(task: Task, name: Optional[str] = None) -> "TaskFamily":
 
 
 class _FixedTaskFamily(TaskFamily):
+    """Every sample is `fixed_task`; the task is static (not a pytree), so its arrays are compile-time constants."""
+
+    data_fields = ()
+
     def __init__(self, fixed_task: Task, name: str):
         self.fixed_task = fixed_task
         self.name = name

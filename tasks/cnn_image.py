@@ -110,6 +110,7 @@ class CNNImageFamily(TaskFamily):
     """
 
     name = "cnn_image"
+    data_fields = ("data",)
 
     def __init__(
         self,

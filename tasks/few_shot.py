@@ -104,6 +104,7 @@ class FewShotFamily(TaskFamily):
     """
 
     name = "few_shot"
+    data_fields = ("images",)
 
     def __init__(
         self,

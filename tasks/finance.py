@@ -96,6 +96,7 @@ class FinanceFamily(TaskFamily):
     """
 
     name = "finance"
+    data_fields = ("returns", "valid", "bounds")
 
     def __init__(
         self,
@@ -219,10 +220,25 @@ class FinanceFamily(TaskFamily):
 
 
 class _HostSeries:
-    """Host-side (numpy) cleaned series, kept as static metadata: names and dates for inspection and tests."""
+    """Host-side (numpy) cleaned series, kept as static metadata: names and dates for inspection and tests.
+
+    Compared by value, so a family rebuilt from the same data has equal static fields and reuses
+    compiled programs.
+    """
 
     def __init__(self, value: AssetSeries):
         self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _HostSeries):
+            return False
+        mine, theirs = self.value, other.value
+        return mine is theirs or (mine.names == theirs.names and all(
+            np.array_equal(a, b, equal_nan=True) for a, b in zip(mine[1:], theirs[1:])
+        ))
+
+    def __hash__(self) -> int:
+        return hash((self.value.names, self.value.returns.shape))
 
     def __repr__(self) -> str:
         return f"AssetSeries({len(self.value.names)} assets)"

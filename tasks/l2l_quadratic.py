@@ -47,6 +47,7 @@ class L2LQuadraticFamily(TaskFamily):
     """Random quadratics ||W x - y||^2 of dimension `dim` (L2L's 10-d quadratic experiment by default)."""
 
     name = "l2l_quadratic"
+    data_fields = ()  # no data: every task is generated from its cfg
 
     def __init__(self, dim: int = 10, init_scale: float = 0.01):
         if int(dim) < 1 or not init_scale >= 0:

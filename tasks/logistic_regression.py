@@ -95,6 +95,7 @@ class LogisticRegressionFamily(TaskFamily):
     """
 
     name = "logistic_regression"
+    data_fields = ("data",)  # None for the synthetic family, whose data is drawn in-jit
 
     def __init__(
         self,

@@ -125,6 +125,7 @@ class MLPImageFamily(TaskFamily):
     """
 
     name = "mlp_image"
+    data_fields = ("data",)
 
     def __init__(
         self,

@@ -69,6 +69,7 @@ class QuadraticFamily(TaskFamily):
     """
 
     name = "quadratic"
+    data_fields = ()  # no data: every task is generated from its cfg
 
     def __init__(
         self,

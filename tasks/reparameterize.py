@@ -85,9 +85,11 @@ class ReparameterizedTask(Task):
 class ReparameterizedFamily(TaskFamily):
     """A family whose tasks are its base family's tasks under a sampled weight reparameterisation.
 
-    Declared pytree: the base family is the only child (its datasets stay leaves); the allowed
+    The base family is its one data field (a pytree, so its datasets stay leaves); the allowed
     levels and ranges are static.
     """
+
+    data_fields = ("base",)
 
     def __init__(self, base: TaskFamily, levels: Sequence[str] = LEVELS, ranges: Sequence[str] = tuple(RANGES)):
         if not isinstance(base, TaskFamily):
@@ -99,18 +101,6 @@ class ReparameterizedFamily(TaskFamily):
     def name(self) -> str:
         """The base family's name with a `reparameterized_` prefix."""
         return f"reparameterized_{self.base.name}"
-
-    def _tree_flatten(self):
-        return [self.base], (self.levels, self.ranges)
-
-    def _tree_flatten_with_keys(self):
-        return [(jax.tree_util.GetAttrKey("base"), self.base)], (self.levels, self.ranges)
-
-    @classmethod
-    def _tree_unflatten(cls, aux, children):
-        obj = object.__new__(cls)
-        obj.base, (obj.levels, obj.ranges) = children[0], aux
-        return obj
 
     def sample(self, key: Array) -> ReparameterizedConfig:
         """Samples a base task, a level and a range (uniformly over the allowed ones) and that task's scales."""

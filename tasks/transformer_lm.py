@@ -132,6 +132,7 @@ class TransformerLMFamily(TaskFamily):
     """
 
     name = "transformer_lm"
+    data_fields = ("data",)
 
     def __init__(
         self,

@@ -111,6 +111,79 @@ def test_family_passes_through_jit_as_argument(name):
                                   np.asarray(jax.tree.leaves(params)[0]))
 
 
+class TableFamily(tasks.TaskFamily):
+    """A minimal family with two declared data fields and two static ones, for the pytree tests."""
+
+    data_fields = ("table", "offsets")
+
+    def __init__(self, rows: int = 5, scale: float = 2.0):
+        self.rows, self.scale = rows, scale
+        self.table = {"a": jnp.arange(rows, dtype=jnp.float32), "b": jnp.ones((rows, 2))}
+        self.offsets = jnp.zeros(3)
+
+    def sample(self, key):
+        return {"row": jax.random.randint(key, (), 0, self.rows)}
+
+    def task(self, cfg):
+        return tasks.Task()
+
+
+def table_value(family: TableFamily, key: jax.Array) -> jax.Array:
+    return family.scale * family.table["a"][family.sample(key)["row"]] + family.offsets.sum()
+
+
+def test_declared_data_fields_are_the_leaves_in_declared_order():
+    family = TableFamily()
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(family)[0]]
+    assert paths == [".table['a']", ".table['b']", ".offsets"]
+    rebuilt = jax.tree.unflatten(jax.tree.structure(family), jax.tree.leaves(family))
+    assert isinstance(rebuilt, TableFamily) and (rebuilt.rows, rebuilt.scale) == (5, 2.0)
+    image = tasks.get("mlp_image", hidden=(4,))
+    assert {jax.tree_util.keystr(p).split("[")[0] for p, _ in jax.tree_util.tree_flatten_with_path(image)[0]} == {
+        ".data.x", ".data.y"
+    }
+
+
+def test_family_lowers_ahead_of_time_with_placeholder_leaves():
+    family, key = TableFamily(), jax.random.key(0)
+    placeholders = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), family)
+    assert isinstance(placeholders, TableFamily) and placeholders.rows == 5
+    compiled = jax.jit(table_value).lower(placeholders, key).compile()
+    assert float(compiled(family, key)) == pytest.approx(float(table_value(family, key)))
+
+
+def test_family_rebuilt_with_the_same_settings_reuses_the_compiled_program():
+    traces = []
+
+    @jax.jit
+    def value(family, key):
+        traces.append(type(family).__name__)
+        return table_value(family, key)
+
+    key = jax.random.key(1)
+    value(TableFamily(), key)
+    value(TableFamily(), key)
+    assert len(traces) == 1
+    value(TableFamily(scale=3.0), key)
+    assert len(traces) == 2, "a different static field must retrace"
+    value(TableFamily(scale=3), key)
+    assert len(traces) == 3, "static fields compare by type too: 3 and 3.0 differ"
+
+
+def test_undeclared_array_attribute_and_missing_data_field_are_one_line_errors():
+    family = TableFamily()
+    family.cache = {"weights": jnp.ones(2)}
+    with pytest.raises(TypeError, match=r"TableFamily\.cache holds arrays but is not declared as data") as error:
+        jax.tree.leaves(family)
+    assert "\n" not in str(error.value) and "data_fields" in str(error.value)
+    incomplete = TableFamily()
+    del incomplete.offsets
+    with pytest.raises(TypeError, match=r"declares data_fields \['offsets'\] but its instance never sets them"):
+        jax.jit(table_value)(incomplete, jax.random.key(0))
+    with pytest.raises(TypeError, match="tuple of attribute names"):
+        type("BadDeclaration", (tasks.TaskFamily,), {"data_fields": "table"})
+
+
 def test_activation_switch_differs_across_indices():
     x = jnp.linspace(-3.0, 3.0, 41)
     outputs = jax.jit(jax.vmap(apply_activation, in_axes=(0, None)))(jnp.arange(len(ACTIVATIONS)), x)

@@ -40,13 +40,13 @@ class DiabetesMLPTask(tasks.Task):
 @tasks.register("diabetes_mlp")
 class DiabetesMLPFamily(tasks.TaskFamily):
     """MLPs of static width on the diabetes table; init scale and L2 penalty vary per task."""
+    data_fields = ("x", "y")  # the pytree leaves, passed into jit; every other attribute is static
 
     def __init__(self, hidden: int = 16, batch_size: int = 32):
         x, y = load_diabetes(return_X_y=True)
         parts = np.split(np.random.default_rng(0).permutation(len(y)), [310, 376])
         x, y = (x - x[parts[0]].mean(0)) / x[parts[0]].std(0), (y - y[parts[0]].mean()) / y[parts[0]].std()
-        self.x = {s: jnp.asarray(x[p], jnp.float32) for s, p in zip(tasks.SPLITS, parts)}
-        self.y = {s: jnp.asarray(y[p], jnp.float32) for s, p in zip(tasks.SPLITS, parts)}
+        self.x, self.y = ({s: jnp.asarray(a[p], jnp.float32) for s, p in zip(tasks.SPLITS, parts)} for a in (x, y))
         self.hidden, self.batch_size = hidden, batch_size
 
     def sample(self, key: jax.Array) -> dict:
