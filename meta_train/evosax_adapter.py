@@ -34,7 +34,10 @@ STRATEGIES = ("PersistentES", "Open_ES", "SNES")
 def strategy_class(name: str):
     """Returns the evosax strategy class `name`; evosax is imported here because importing it starts JAX's
     backend, which must wait until a multi-process run has called jax.distributed.initialize."""
-    import evosax.algorithms
+    try:
+        import evosax.algorithms
+    except ImportError:
+        raise ImportError(f"the evosax estimator ({name}) needs evosax: pip install \"lopt[evosax]\"") from None
 
     return getattr(evosax.algorithms, name)
 

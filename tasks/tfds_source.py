@@ -43,7 +43,7 @@ def open_split(name: str, split: str, data_dir: Optional[str] = None, download: 
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise TaskError(f"dataset 'tfds:{name}' needs tensorflow-datasets: pip install tensorflow-datasets") from None
+        raise TaskError(f"dataset 'tfds:{name}' needs tensorflow-datasets: pip install \"lopt[tfds]\"") from None
     where = data_dir or "the TFDS default folder ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
