@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import tasks
@@ -31,6 +32,13 @@ def test_example_family_is_registered_and_named():
     assert isinstance(family, diabetes_mlp.DiabetesMLPFamily) and family.name == "diabetes_mlp"
     assert family.x["train"].shape == (310, 10) and family.y["test"].shape == (66,)
     np.testing.assert_allclose(np.asarray(family.y["train"]).std(), 1.0, rtol=1e-5)
+
+
+def test_example_family_declares_its_data_fields_as_the_pytree_leaves():
+    family = tasks.get("diabetes_mlp", hidden=8)
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(family)[0]]
+    assert paths == [f".{field}['{split}']" for field in ("x", "y") for split in sorted(tasks.SPLITS)]
+    assert jax.tree.structure(family) == jax.tree.structure(tasks.get("diabetes_mlp", hidden=8))
 
 
 def test_guide_snippet_validates_and_meta_trains_two_pes_steps():
