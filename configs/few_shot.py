@@ -19,7 +19,7 @@ def get_config():
     config.task.kwargs.model = "mlp"
     config.task.kwargs.hidden = (32,)
     config.task.kwargs.tfds_data_dir = None  # for dataset="tfds:NAME"; None: $TFDS_DATA_DIR
-    config.optimizer.name = "mlp"
+    config.optimizer.name = "small_fc_lopt"
     config.optimizer.kwargs.hidden_sizes = (32, 32)
     config.optimizer.kwargs.step_mult = 1e-2
     config.optimizer.kwargs.exp_mult = 1e-3

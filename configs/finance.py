@@ -18,7 +18,7 @@ def get_config():
     config.task.kwargs.max_window = 20
     config.task.kwargs.hidden = (32,)
     config.task.kwargs.batch_size = 64
-    config.optimizer.name = "mlp"
+    config.optimizer.name = "small_fc_lopt"
     config.optimizer.kwargs.hidden_sizes = (32, 32)
     config.optimizer.kwargs.step_mult = 1e-2
     config.optimizer.kwargs.exp_mult = 1e-3

@@ -16,7 +16,7 @@ WIDTHS = (32, 64, 128)
 
 def get_config():
     # step_mult 1e-2 as in the released muLO weights
-    config = digits_mlp_experiment("mlp", hidden_sizes=(32, 32), step_mult=1e-2, exp_mult=1e-3, mup=True)
+    config = digits_mlp_experiment("small_fc_lopt", hidden_sizes=(32, 32), step_mult=1e-2, exp_mult=1e-3, mup=True)
     config.task.kwargs = ml_collections.ConfigDict()
     config.task.mixture = ml_collections.ConfigDict({
         f"width_{width}": {

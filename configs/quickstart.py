@@ -10,7 +10,7 @@ from meta_train.config import digits_mlp_experiment
 
 def get_config():
     # step_mult 1e-2 as in the released muLO weights; with 1e-3 meta-training was far slower here
-    config = digits_mlp_experiment("mlp", hidden_sizes=(32, 32), step_mult=1e-2, exp_mult=1e-3)
+    config = digits_mlp_experiment("small_fc_lopt", hidden_sizes=(32, 32), step_mult=1e-2, exp_mult=1e-3)
     config.meta_train.parallel = "shard_map"
     config.meta_train.host_devices = -1
     config.meta_train.task_map = "map"

@@ -1,6 +1,9 @@
 """lopt: learned optimizers as optax transformations, and the file format for trained ones."""
 
+import warnings as _warnings
+
 from lopt import features
+from lopt import normalization
 from lopt.adafac_mlp import AdafacMLPLOpt, AdafacMLPState
 from lopt.adafac_mlp_lo import AdafacMLPLO, AdafacMLPLOState
 from lopt.attention_lopt import AttentionLOpt, AttentionState
@@ -14,7 +17,7 @@ from lopt.hand_designed import (SGD, Adam, AdamCosine, AdamW, AdamWCosine, HandD
 from lopt.hyper_lstm import HyperLSTM, HyperLSTMState
 from lopt.l2l_lstm import L2LLSTM, L2LState
 from lopt.learned_adam import AdamMultiplier, LearnedAdam, LearnedAdamState
-from lopt.mlp_lopt import MLPLOpt, MLPLOptState
+from lopt.small_fc_lopt import SmallFcLOpt, SmallFcLOptState
 from lopt import pretrained
 from lopt import published
 from lopt.published import PublishedCheckpointError, import_learned_optimization
@@ -24,9 +27,21 @@ __all__ = [
     "AdamCosine", "AdamWCosine", "Muon", "ScheduleFreeAdamW",
     "Celo", "Celo2", "Celo2RuleState", "CeloState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState",
     "L2LLSTM", "L2LState",
-    "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer", "MLPLOpt",
-    "MLPLOptState", "MetaParams", "RMSProp", "SGD", "SGDMomentum", "features", "get", "load", "register",
+    "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer",
+    "MetaParams", "SmallFcLOpt", "SmallFcLOptState", "normalization", "RMSProp", "SGD", "SGDMomentum", "features", "get", "load", "register",
     "pretrained", "registered_names", "save",
     "AdafacMLPLO", "AdafacMLPLOState", "CeloLO", "CeloLOState", "PublishedCheckpointError", "import_learned_optimization",
     "published",
 ]
+
+# Public names replaced by another, still importable for one release.
+_DEPRECATED_NAMES = {"MLPLOpt": "SmallFcLOpt", "MLPLOptState": "SmallFcLOptState"}
+
+
+def __getattr__(name: str):
+    """Returns a deprecated public name's replacement, with a DeprecationWarning."""
+    if name in _DEPRECATED_NAMES:
+        _warnings.warn(f"lopt.{name} is deprecated; use lopt.{_DEPRECATED_NAMES[name]}", DeprecationWarning,
+                       stacklevel=2)
+        return globals()[_DEPRECATED_NAMES[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ offsets initialised to zero, so freshly initialised meta-params use the default 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Tuple
 
 import chex
@@ -16,7 +17,7 @@ import optax
 from lopt import adafactor_features as adafac
 from lopt import features
 from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
-from lopt.mlp_lopt import column_mlp_steps, init_mlp
+from lopt.small_fc_lopt import column_mlp_steps, init_mlp
 from lopt.normalization import (
     FLOAT32_MAX, combine_second_moment_statistics, scales_from_statistics, second_moment_scales,
     second_moment_statistics,
@@ -104,25 +105,17 @@ def adafactor_mlp_steps(
 
 
 @register("adafac_mlp")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdafacMLPLOpt(LearnedOptimizer):
     """Per-parameter MLP (ReLU, hidden_sizes) over Adafactor features and time; outputs direction and magnitude."""
 
-    def __init__(
-        self,
-        hidden_sizes: Tuple[int, ...] = (32, 32),
-        step_mult: float = 1e-3,
-        exp_mult: float = 1e-3,
-        momentum_decays: Tuple[float, ...] = adafac.MOMENTUM_DECAYS,
-        rms_decays: Tuple[float, ...] = adafac.RMS_DECAYS,
-        adafactor_decays: Tuple[float, ...] = adafac.ADAFACTOR_DECAYS,
-        time_scales: Tuple[float, ...] = features.TIME_SCALES,
-    ):
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.step_mult, self.exp_mult = float(step_mult), float(exp_mult)
-        self.momentum_decays = tuple(float(d) for d in momentum_decays)
-        self.rms_decays = tuple(float(d) for d in rms_decays)
-        self.adafactor_decays = tuple(float(d) for d in adafactor_decays)
-        self.time_scales = tuple(float(t) for t in time_scales)
+    hidden_sizes: Tuple[int, ...] = (32, 32)
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    momentum_decays: Tuple[float, ...] = adafac.MOMENTUM_DECAYS
+    rms_decays: Tuple[float, ...] = adafac.RMS_DECAYS
+    adafactor_decays: Tuple[float, ...] = adafac.ADAFACTOR_DECAYS
+    time_scales: Tuple[float, ...] = features.TIME_SCALES
 
     @property
     def num_param_features(self) -> int:
@@ -145,7 +138,7 @@ class AdafacMLPLOpt(LearnedOptimizer):
             },
         }
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax transformation that applies the MLP with weights `meta_params`."""

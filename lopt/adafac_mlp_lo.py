@@ -7,6 +7,7 @@ trained there (`lopt.published.import_learned_optimization`) behave here as they
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Tuple
 
 import chex
@@ -55,6 +56,7 @@ def truncated_normal_mlp(key: Array, sizes: Tuple[int, ...], batch: Tuple[int, .
 
 
 @register("adafac_mlp_lo")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdafacMLPLO(LearnedOptimizer):
     """learned_optimization's AdafacMLPLOpt: a ReLU MLP over 28 Adafactor features and 11 time features.
 
@@ -64,22 +66,17 @@ class AdafacMLPLO(LearnedOptimizer):
     revisions added nothing (0.0).
     """
 
-    def __init__(
-        self,
-        hidden_sizes: Tuple[int, ...] = (4, 4),
-        step_mult: float = 1e-3,
-        exp_mult: float = 1e-3,
-        momentum_decays: Tuple[float, ...] = (0.9, 0.99, 0.999),
-        rms_decays: Tuple[float, ...] = (0.999,),
-        adafactor_decays: Tuple[float, ...] = (0.9, 0.99, 0.999),
-        unfactored_momentum_eps: float = 1e-6,
-    ):
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.step_mult, self.exp_mult = float(step_mult), float(exp_mult)
-        self.momentum_decays = tuple(float(d) for d in momentum_decays)
-        self.rms_decays = tuple(float(d) for d in rms_decays)
-        self.adafactor_decays = tuple(float(d) for d in adafactor_decays)
-        self.unfactored_momentum_eps = float(unfactored_momentum_eps)
+    hidden_sizes: Tuple[int, ...] = (4, 4)
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    momentum_decays: Tuple[float, ...] = (0.9, 0.99, 0.999)
+    rms_decays: Tuple[float, ...] = (0.999,)
+    adafactor_decays: Tuple[float, ...] = (0.9, 0.99, 0.999)
+    unfactored_momentum_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks the decay counts and widths."""
+        super().__post_init__()
         check_decay_counts(self.momentum_decays, self.rms_decays, self.adafactor_decays)
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise LearnedOptimizerError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
@@ -101,7 +98,7 @@ class AdafacMLPLO(LearnedOptimizer):
             },
         }
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax transformation that applies the MLP with weights `meta_params`."""

@@ -11,6 +11,7 @@ features (folded into a bias); the MLP outputs direction and magnitude as in sma
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Tuple
 
 import chex
@@ -56,24 +57,23 @@ def attend_newest(meta_params: MetaParams, tokens: Array, valid: Array) -> Array
 
 
 @register("attention")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AttentionLOpt(LearnedOptimizer):
     """Single-head attention over each parameter's last `window` gradient tokens, then an MLP."""
 
-    def __init__(
-        self,
-        window: int = 8,
-        model_size: int = 16,
-        hidden_size: int = 32,
-        step_mult: float = 1e-3,
-        exp_mult: float = 1e-3,
-        rms_decay: float = 0.999,
-        time_scales: Tuple[float, ...] = features.TIME_SCALES,
-    ):
-        if min(int(window), int(model_size), int(hidden_size)) < 1:
+    window: int = 8
+    model_size: int = 16
+    hidden_size: int = 32
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    rms_decay: float = 0.999
+    time_scales: Tuple[float, ...] = features.TIME_SCALES
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks the sizes."""
+        super().__post_init__()
+        if min(self.window, self.model_size, self.hidden_size) < 1:
             raise ValueError("attention needs window, model_size and hidden_size >= 1")
-        self.window, self.model_size, self.hidden_size = int(window), int(model_size), int(hidden_size)
-        self.step_mult, self.exp_mult, self.rms_decay = float(step_mult), float(exp_mult), float(rms_decay)
-        self.time_scales = tuple(float(t) for t in time_scales)
 
     def init(self, key: Array) -> MetaParams:
         """Returns embedding, position, attention and MLP weights."""
@@ -93,7 +93,7 @@ class AttentionLOpt(LearnedOptimizer):
             },
         }
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax transformation defined by `meta_params`."""

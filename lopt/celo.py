@@ -10,6 +10,7 @@ phases: first the MLP with the scheduler frozen, then the scheduler with the MLP
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Tuple
 
 import chex
@@ -22,7 +23,7 @@ from lopt import schedule_features as sched
 from lopt.adafac_mlp import adafactor_mlp_steps, require_params
 from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, NumSteps, register
 from lopt.lstm import LSTMState, init_lstm, lstm_cell, zero_state
-from lopt.mlp_lopt import init_mlp
+from lopt.small_fc_lopt import init_mlp
 
 Array = jax.Array
 
@@ -40,21 +41,20 @@ class CeloState(NamedTuple):
 
 
 @register("celo")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Celo(LearnedOptimizer):
     """Per-parameter MLP over Adafactor features, scaled by an LSTM learning-rate scheduler."""
 
-    def __init__(
-        self,
-        hidden_sizes: Tuple[int, ...] = (32, 32),
-        scheduler_size: int = 16,
-        step_mult: float = 1e-3,
-        exp_mult: float = 1e-3,
-    ):
-        if int(scheduler_size) < 1:
-            raise ValueError(f"celo needs scheduler_size >= 1, got {scheduler_size}")
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.scheduler_size = int(scheduler_size)
-        self.step_mult, self.exp_mult = float(step_mult), float(exp_mult)
+    hidden_sizes: Tuple[int, ...] = (32, 32)
+    scheduler_size: int = 16
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks the scheduler size."""
+        super().__post_init__()
+        if self.scheduler_size < 1:
+            raise ValueError(f"celo needs scheduler_size >= 1, got {self.scheduler_size}")
 
     @property
     def num_param_features(self) -> int:
@@ -89,7 +89,7 @@ class Celo(LearnedOptimizer):
             for group, subtree in meta_params.items()
         }
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax transformation defined by `meta_params`."""

@@ -23,6 +23,7 @@ rsqrt of the second moment (per decay).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any, Mapping, NamedTuple, Optional, Tuple
@@ -383,7 +384,7 @@ def schedule_multiplier(schedule: str, count: Array, num_steps: NumSteps, warmup
     if schedule == "constant":
         return jnp.ones((), jnp.float32)
     if num_steps is None:
-        raise Celo2Error(f"the {schedule!r} schedule needs the run length: call optimizer(meta_params, num_steps=N)")
+        raise Celo2Error(f"the {schedule!r} schedule needs the run length: call transformation(meta_params, num_steps=N)")
     t = jnp.asarray(count, jnp.float32)
     total = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
     warmup = warmup_fraction * total if schedule == "warmup_cosine" else jnp.zeros((), jnp.float32)
@@ -426,6 +427,7 @@ def celo2_meta_params_from_reference(reference: Mapping[str, Any]) -> MetaParams
 
 
 @register("celo2")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Celo2(LearnedOptimizer):
     """Celo2: a learned per-parameter direction (Newton-Schulz orthogonalised if `orthogonalize`) times a learning rate.
 
@@ -435,43 +437,39 @@ class Celo2(LearnedOptimizer):
     0-based step t of a `num_steps` run is `-learning_rate * schedule(t) * (direction + weight_decay * p)`.
     """
 
-    def __init__(
-        self,
-        learning_rate: float = 1e-3,
-        schedule: str = "constant",
-        warmup_fraction: float = 0.05,
-        final_fraction: float = 0.0,
-        weight_decay: float = 0.0,
-        orthogonalize: bool = True,
-        adam_regex: str = DEFAULT_ADAM_REGEX,
-        mult_1d: float = 20.0,
-        adam_b1: float = 0.9,
-        adam_b2: float = 0.95,
-        adam_eps: float = 1e-8,
-        ns_steps: int = 5,
-        ns_coeffs: Tuple[float, float, float] = NS_COEFFS,
-        ns_eps: float = 1e-8,
-    ):
-        if schedule not in SCHEDULES:
-            raise Celo2Error(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if not (learning_rate > 0 and weight_decay >= 0 and mult_1d > 0 and int(ns_steps) >= 0):
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_fraction: float = 0.05
+    final_fraction: float = 0.0
+    weight_decay: float = 0.0
+    orthogonalize: bool = True
+    adam_regex: str = DEFAULT_ADAM_REGEX
+    mult_1d: float = 20.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.95
+    adam_eps: float = 1e-8
+    ns_steps: int = 5
+    ns_coeffs: Tuple[float, float, float] = NS_COEFFS
+    ns_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types (no `adam_regex`, None, is "") and checks them."""
+        if self.schedule not in SCHEDULES:
+            raise Celo2Error(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if len(tuple(self.ns_coeffs)) != 3:
+            raise Celo2Error(f"ns_coeffs must be 3 numbers, got {tuple(self.ns_coeffs)}")
+        object.__setattr__(self, "adam_regex", self.adam_regex or "")
+        super().__post_init__()
+        if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.mult_1d > 0 and self.ns_steps >= 0):
             raise Celo2Error("need learning_rate > 0, weight_decay >= 0, mult_1d > 0 and ns_steps >= 0; got "
-                             f"{learning_rate}, {weight_decay}, {mult_1d}, {ns_steps}")
-        if not (0.0 <= warmup_fraction < 1.0 and 0.0 <= final_fraction <= 1.0):
+                             f"{self.learning_rate}, {self.weight_decay}, {self.mult_1d}, {self.ns_steps}")
+        if not (0.0 <= self.warmup_fraction < 1.0 and 0.0 <= self.final_fraction <= 1.0):
             raise Celo2Error(f"need 0 <= warmup_fraction < 1 and 0 <= final_fraction <= 1; got "
-                             f"{warmup_fraction}, {final_fraction}")
-        if len(tuple(ns_coeffs)) != 3:
-            raise Celo2Error(f"ns_coeffs must be 3 numbers, got {tuple(ns_coeffs)}")
+                             f"{self.warmup_fraction}, {self.final_fraction}")
         try:
-            re.compile(adam_regex or "")
+            re.compile(self.adam_regex)
         except re.error as error:
-            raise Celo2Error(f"adam_regex {adam_regex!r} is not a regular expression: {error}") from None
-        self.learning_rate, self.schedule = float(learning_rate), str(schedule)
-        self.warmup_fraction, self.final_fraction = float(warmup_fraction), float(final_fraction)
-        self.weight_decay, self.orthogonalize = float(weight_decay), bool(orthogonalize)
-        self.adam_regex, self.mult_1d = str(adam_regex or ""), float(mult_1d)
-        self.adam_b1, self.adam_b2, self.adam_eps = float(adam_b1), float(adam_b2), float(adam_eps)
-        self.ns_steps, self.ns_coeffs, self.ns_eps = int(ns_steps), tuple(float(c) for c in ns_coeffs), float(ns_eps)
+            raise Celo2Error(f"adam_regex {self.adam_regex!r} is not a regular expression: {error}") from None
 
     def init(self, key: Array) -> MetaParams:
         """Returns the MLP weights 30 -> 8 -> 8 -> 1: truncated normals (+-2 sd) of sd 1/sqrt(fan_in), zero biases."""
@@ -494,7 +492,7 @@ class Celo2(LearnedOptimizer):
         adam_regex = self.adam_regex
         return optax.partition({"rule": rule, "adam": adam}, lambda params: adam_branch_labels(params, adam_regex))
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None, learning_rate: Optional[Any] = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns Celo2 with meta-params `meta_params` at `learning_rate` times the schedule over `num_steps`.
@@ -504,7 +502,7 @@ class Celo2(LearnedOptimizer):
         """
         if self.schedule != "constant" and num_steps is None:
             raise Celo2Error(f"celo2 with schedule {self.schedule!r} needs the run length: "
-                             "call optimizer(meta_params, num_steps=N)")
+                             "call transformation(meta_params, num_steps=N)")
         if learning_rate is None:
             learning_rate = self.learning_rate
         else:

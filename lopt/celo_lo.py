@@ -22,6 +22,7 @@ inputs, but, as in the reference, the derivative of `m * v ** -0.5` (vectors and
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Optional, Tuple
 
 import chex
@@ -100,6 +101,7 @@ def haiku_lstm(params: MetaParams, x: Array, hidden: Array, cell: Array) -> Tupl
 
 
 @register("celo_lo")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CeloLO(LearnedOptimizer):
     """Celo as published (phase 2 = the authors' meta-testing configuration): MLP update times an LSTM schedule.
 
@@ -107,25 +109,19 @@ class CeloLO(LearnedOptimizer):
     `trainable_mask` knows the phases 'mlp', 'scheduler' and 'all'.
     """
 
-    def __init__(
-        self,
-        hidden_sizes: Tuple[int, ...] = (4, 4),
-        lstm_size: int = 64,
-        param_inits: int = 1,
-        step_mult: float = 1e-3,
-        exp_mult: float = 1e-3,
-        train_phase: int = 2,
-        momentum_decays: Tuple[float, ...] = (0.9, 0.99, 0.999),
-        rms_decays: Tuple[float, ...] = (0.999,),
-        adafactor_decays: Tuple[float, ...] = (0.9, 0.99, 0.999),
-    ):
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.lstm_size, self.param_inits = int(lstm_size), int(param_inits)
-        self.step_mult, self.exp_mult = float(step_mult), float(exp_mult)
-        self.train_phase = int(train_phase)
-        self.momentum_decays = tuple(float(d) for d in momentum_decays)
-        self.rms_decays = tuple(float(d) for d in rms_decays)
-        self.adafactor_decays = tuple(float(d) for d in adafactor_decays)
+    hidden_sizes: Tuple[int, ...] = (4, 4)
+    lstm_size: int = 64
+    param_inits: int = 1
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    train_phase: int = 2
+    momentum_decays: Tuple[float, ...] = (0.9, 0.99, 0.999)
+    rms_decays: Tuple[float, ...] = (0.999,)
+    adafactor_decays: Tuple[float, ...] = (0.9, 0.99, 0.999)
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks the decay counts, sizes and phase."""
+        super().__post_init__()
         check_decay_counts(self.momentum_decays, self.rms_decays, self.adafactor_decays)
         if not self.hidden_sizes or min(self.hidden_sizes) < 1 or self.lstm_size < 1 or self.param_inits < 1:
             raise LearnedOptimizerError(
@@ -173,7 +169,7 @@ class CeloLO(LearnedOptimizer):
         return {group: jax.tree.map(lambda _: phase in ("all", group), subtree)
                 for group, subtree in meta_params.items()}
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax transformation; `num_steps` None means schedule_features.DEFAULT_NUM_STEPS."""

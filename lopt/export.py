@@ -7,7 +7,6 @@ Reading never deserialises objects, evaluates or imports anything named by the f
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -40,7 +39,7 @@ class LoadedOptimizer:
     def transformation(
             self, num_steps: base.NumSteps = None) -> optax.GradientTransformationExtraArgs:
         """Returns the trained optimizer as an optax transformation."""
-        return self.optimizer.optimizer(self.meta_params, num_steps=num_steps)
+        return self.optimizer.transformation(self.meta_params, num_steps=num_steps)
 
 
 def _json_value(value: Any, where: str, depth: int = 0) -> Any:
@@ -64,18 +63,6 @@ def _json_value(value: Any, where: str, depth: int = 0) -> Any:
             out[key] = _json_value(v, f"{where}[{key!r}]", depth + 1)
         return out
     raise ExportError(f"{where} is a {type(value).__name__}, which is not JSON-serialisable")
-
-
-def _constructor_kwargs(optimizer: base.LearnedOptimizer) -> Dict[str, Any]:
-    config = optimizer.config
-    params = inspect.signature(type(optimizer).__init__).parameters.values()
-    for param in params:
-        if param.kind is inspect.Parameter.VAR_POSITIONAL and config.pop(param.name, ()):
-            raise ExportError(f"optimizer {optimizer.name!r} was built with extra positional "
-                              f"arguments (*{param.name}), which cannot be rebuilt by keyword")
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            config.update(config.pop(param.name, {}))
-    return config
 
 
 def _encode_tree(tree: Any, chunks: List[np.ndarray], cursor: List[int], where: str,
@@ -145,7 +132,7 @@ def save(path: PathLike, optimizer: base.LearnedOptimizer, meta_params: Any,
                               f"its name {optimizer.name!r}, so the file could not be loaded")
         if provenance is not None and not isinstance(provenance, dict):
             raise ExportError(f"provenance must be a dict, got a {type(provenance).__name__}")
-        config = _json_value(_constructor_kwargs(optimizer), "optimizer config")
+        config = _json_value(optimizer.config, "optimizer config")
         chunks, cursor = [], [0]
         header = {"optimizer": {"name": optimizer.name, "config": config},
                   "meta_params": _encode_tree(meta_params, chunks, cursor, ""),
@@ -193,7 +180,7 @@ def load(path: PathLike, **config_overrides: Any) -> LoadedOptimizer:
     not what it computes (say `concurrent_chunks=2` for small_fc_lopt); the meta-parameters must
     still fit the rebuilt optimizer.
     """
-    exported = read(path)
+    exported = read(path)  # which maps legacy optimizer names to current ones
     if exported.name not in base.registered_names():
         raise _error(path, f"optimizer {exported.name!r} is not registered in this version of "
                            f"lopt (registered: {', '.join(base.registered_names()) or 'none'})")

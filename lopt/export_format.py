@@ -39,6 +39,10 @@ MAGIC = b"LOPTEXP\0"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
+# Optimizer names earlier versions of lopt wrote, mapped to the names they have now; `read`
+# returns the current name, so files written before a rename load unchanged and without a warning.
+LEGACY_OPTIMIZER_NAMES: Dict[str, str] = {"mlp": "small_fc_lopt"}
+
 _PREFIX = struct.Struct("<8sIQ")
 _DIGEST_SIZE = 32
 _ALIGN = 64
@@ -168,7 +172,8 @@ def _read_bytes(path: Path) -> bytearray:
 
 
 def read(path: PathLike) -> Exported:
-    """Reads and fully validates an export file, returning meta-params as numpy arrays."""
+    """Reads and fully validates an export file, returning meta-params as numpy arrays and the optimizer's
+    current name (a legacy name stored by an earlier version is mapped by LEGACY_OPTIMIZER_NAMES)."""
     path = Path(path)
     buffer = _read_bytes(path)
     _, version, header_len = _PREFIX.unpack_from(buffer)
@@ -208,7 +213,8 @@ def read(path: PathLike) -> Exported:
         raise _error(path, str(exc)) from None
     except RecursionError:
         raise _error(path, "header is nested too deeply") from None
+    name = LEGACY_OPTIMIZER_NAMES.get(name, name)
     return Exported(name, config, meta_params, header["provenance"], version)
 
 
-__all__ = ["ExportError", "Exported", "PathLike", "read", "MAGIC", "FORMAT_VERSION", "SUPPORTED_VERSIONS"]
+__all__ = ["ExportError", "Exported", "LEGACY_OPTIMIZER_NAMES", "PathLike", "read", "MAGIC", "FORMAT_VERSION", "SUPPORTED_VERSIONS"]

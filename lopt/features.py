@@ -1,7 +1,11 @@
-"""Per-parameter input features shared by learned optimizers: EMAs, normalisation, time features."""
+"""Per-parameter input features shared by learned optimizers: momentum EMAs and time features.
+
+Their normalisation is in lopt.normalization.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence, Tuple
 
 import jax
@@ -23,24 +27,6 @@ def update_emas(emas: Array, value: Array, decays: Array, channel_axis: int = -1
     return emas * decays + jnp.expand_dims(value, channel_axis) * (1.0 - decays)
 
 
-def second_moment_factors(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
-    """Returns rsqrt(eps + mean square) of each channel (along `channel_axis`) of the clipped `features`, over
-    all other axes, shaped to broadcast against them: the factors `second_moment_normalize` scales by."""
-    features = clip_magnitude(features)
-    reduce_axes = tuple(a for a in range(features.ndim) if a != channel_axis % features.ndim)
-    return jax.lax.rsqrt(eps + jnp.mean(jnp.square(features), axis=reduce_axes, keepdims=True))
-
-
-def second_moment_normalize(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
-    """Scales each channel (along `channel_axis`) of `features` by the rsqrt of its mean square over all other axes."""
-    return clip_magnitude(features) * second_moment_factors(features, eps, channel_axis)
-
-
-def clip_magnitude(x: Array) -> Array:
-    """Returns x clipped to [-1e18, 1e18], the range whose squares (and means of them) stay finite in float32."""
-    return jnp.clip(x, -1e18, 1e18)
-
-
 def time_features(step: Array, scales: Sequence[float] = TIME_SCALES) -> Array:
     """Returns tanh(step / scale - 1) for each time scale: identical for every parameter."""
     return jnp.tanh(jnp.asarray(step, jnp.float32) / jnp.asarray(scales, jnp.float32) - 1.0)
@@ -49,3 +35,22 @@ def time_features(step: Array, scales: Sequence[float] = TIME_SCALES) -> Array:
 def leaf_sizes(tree: Any) -> Tuple[int, ...]:
     """Returns the static number of elements of each leaf of `tree`, in tree order."""
     return tuple(int(np.prod(jnp.shape(x))) for x in jax.tree.leaves(tree))
+
+
+# Names that moved to lopt.normalization, still importable from here for one release.
+_MOVED_TO_NORMALIZATION = {
+    "clip_magnitude": "clip_magnitude",
+    "second_moment_normalize": "second_moment_normalize",
+    "second_moment_factors": "second_moment_normalize_factors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Returns a name that moved to lopt.normalization, with a DeprecationWarning."""
+    if name in _MOVED_TO_NORMALIZATION:
+        from lopt import normalization
+        new_name = _MOVED_TO_NORMALIZATION[name]
+        warnings.warn(f"lopt.features.{name} is deprecated; use lopt.normalization.{new_name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(normalization, new_name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

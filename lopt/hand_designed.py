@@ -8,6 +8,7 @@ same code path as any learned optimizer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -19,13 +20,17 @@ from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
 Array = jax.Array
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class HandDesigned(LearnedOptimizer):
     """A fixed optax optimizer whose learning rate is `exp(meta_params['log_learning_rate'])`."""
 
-    def __init__(self, learning_rate: float = 1e-3):
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-        self.learning_rate = float(learning_rate)
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks the learning rate."""
+        super().__post_init__()
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 
     def init(self, key: Array) -> MetaParams:
         """Returns the log learning rate as a float32 scalar."""
@@ -46,7 +51,7 @@ class HandDesigned(LearnedOptimizer):
         del opt_state
         return params
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax optimizer at learning rate exp(log_learning_rate)."""
@@ -71,12 +76,13 @@ def keep_gradient_dtype(
 
 
 @register("adam")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Adam(HandDesigned):
     """Adam (Kingma and Ba) with optax defaults for betas and eps."""
 
-    def __init__(self, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-        super().__init__(learning_rate)
-        self.b1, self.b2, self.eps = float(b1), float(b2), float(eps)
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
 
     def base_transformation(self, learning_rate: Array) -> optax.GradientTransformation:
         """Returns optax.adam."""
@@ -84,12 +90,11 @@ class Adam(HandDesigned):
 
 
 @register("adamw")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdamW(HandDesigned):
     """AdamW: Adam with decoupled weight decay."""
 
-    def __init__(self, learning_rate: float = 1e-3, weight_decay: float = 1e-4):
-        super().__init__(learning_rate)
-        self.weight_decay = float(weight_decay)
+    weight_decay: float = 1e-4
 
     def base_transformation(self, learning_rate: Array) -> optax.GradientTransformation:
         """Returns optax.adamw."""
@@ -97,6 +102,7 @@ class AdamW(HandDesigned):
 
 
 @register("sgd")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SGD(HandDesigned):
     """Plain stochastic gradient descent."""
 
@@ -106,12 +112,13 @@ class SGD(HandDesigned):
 
 
 @register("sgd_momentum")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SGDMomentum(HandDesigned):
     """SGD with heavy-ball (or Nesterov) momentum."""
 
-    def __init__(self, learning_rate: float = 1e-2, momentum: float = 0.9, nesterov: bool = False):
-        super().__init__(learning_rate)
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+    learning_rate: float = 1e-2
+    momentum: float = 0.9
+    nesterov: bool = False
 
     def base_transformation(self, learning_rate: Array) -> optax.GradientTransformation:
         """Returns optax.sgd with momentum."""
@@ -119,12 +126,12 @@ class SGDMomentum(HandDesigned):
 
 
 @register("rmsprop")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RMSProp(HandDesigned):
     """RMSprop with optax defaults."""
 
-    def __init__(self, learning_rate: float = 1e-3, decay: float = 0.9, eps: float = 1e-8):
-        super().__init__(learning_rate)
-        self.decay, self.eps = float(decay), float(eps)
+    decay: float = 0.9
+    eps: float = 1e-8
 
     def base_transformation(self, learning_rate: Array) -> optax.GradientTransformation:
         """Returns optax.rmsprop."""
@@ -149,6 +156,7 @@ def _check_fractions(warmup_fraction: float, final_fraction: float) -> None:
 
 
 @register("adam_cosine")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdamCosine(Adam):
     """Adam under a linear-warmup, cosine-decay schedule spanning the run's `num_steps`.
 
@@ -157,21 +165,24 @@ class AdamCosine(Adam):
     for a fixed step budget. The optimizer needs `num_steps`.
     """
 
-    def __init__(self, learning_rate: float = 1e-3, warmup_fraction: float = 0.05, final_fraction: float = 0.01):
-        super().__init__(learning_rate)
-        _check_fractions(warmup_fraction, final_fraction)
-        self.warmup_fraction, self.final_fraction = float(warmup_fraction), float(final_fraction)
+    warmup_fraction: float = 0.05
+    final_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks the learning rate and schedule fractions."""
+        super().__post_init__()
+        _check_fractions(self.warmup_fraction, self.final_fraction)
 
     def direction(self) -> optax.GradientTransformation:
         """Returns the unscheduled update direction: Adam's scaling."""
         return optax.scale_by_adam(b1=self.b1, b2=self.b2, eps=self.eps)
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the direction whose step size follows the warmup-cosine schedule over `num_steps` steps."""
         if num_steps is None:
-            raise ValueError(f"{self.name} needs the run length: call optimizer(meta_params, num_steps=N)")
+            raise ValueError(f"{self.name} needs the run length: call transformation(meta_params, num_steps=N)")
         learning_rate = jnp.exp(meta_params["log_learning_rate"])
 
         def step_size(count: Array) -> Array:
@@ -183,16 +194,18 @@ class AdamCosine(Adam):
 
 
 @register("adamw_cosine")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdamWCosine(AdamCosine):
     """AdamW (decoupled weight decay, scaled by the scheduled learning rate as in optax.adamw) under AdamCosine's
     linear warm-up and cosine decay over the run's `num_steps`."""
 
-    def __init__(self, learning_rate: float = 1e-3, weight_decay: float = 1e-4, warmup_fraction: float = 0.05,
-                 final_fraction: float = 0.01):
-        super().__init__(learning_rate, warmup_fraction, final_fraction)
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.weight_decay = float(weight_decay)
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks them, the weight decay included."""
+        super().__post_init__()
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def direction(self) -> optax.GradientTransformation:
         """Returns Adam's scaling followed by the decoupled weight decay."""
@@ -200,6 +213,7 @@ class AdamWCosine(AdamCosine):
 
 
 @register("muon")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Muon(HandDesigned):
     """optax.contrib.muon: Newton-Schulz-orthogonalised Nesterov momentum for 2-D weight matrices and AdamW for every
     other parameter, both at one learning rate.
@@ -208,11 +222,15 @@ class Muon(HandDesigned):
     takes the Muon branch, and higher-rank arrays (convolution kernels) the AdamW one.
     """
 
-    def __init__(self, learning_rate: float = 0.02, beta: float = 0.95, weight_decay: float = 0.0):
-        super().__init__(learning_rate)
-        if not (0.0 <= beta < 1.0 and weight_decay >= 0):
-            raise ValueError(f"muon needs 0 <= beta < 1 and weight_decay >= 0, got {beta}, {weight_decay}")
-        self.beta, self.weight_decay = float(beta), float(weight_decay)
+    learning_rate: float = 0.02
+    beta: float = 0.95
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks their ranges."""
+        super().__post_init__()
+        if not (0.0 <= self.beta < 1.0 and self.weight_decay >= 0):
+            raise ValueError(f"muon needs 0 <= beta < 1 and weight_decay >= 0, got {self.beta}, {self.weight_decay}")
 
     def base_transformation(self, learning_rate: Array) -> optax.GradientTransformation:
         """Returns optax.contrib.muon."""
@@ -220,6 +238,7 @@ class Muon(HandDesigned):
 
 
 @register("schedule_free_adamw")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ScheduleFreeAdamW(HandDesigned):
     """optax.contrib.schedule_free_adamw (Defazio et al. 2024) with a linear warm-up over `warmup_fraction` of the run.
 
@@ -227,15 +246,19 @@ class ScheduleFreeAdamW(HandDesigned):
     are meant to be measured at the averaged point, `evaluation_params(opt_state, params)`.
     """
 
-    def __init__(self, learning_rate: float = 2.5e-3, warmup_fraction: float = 0.05, b1: float = 0.9,
-                 weight_decay: float = 0.0):
-        super().__init__(learning_rate)
-        if not (0.0 <= warmup_fraction < 1.0 and 0.0 < b1 < 1.0 and weight_decay >= 0):
-            raise ValueError("schedule_free_adamw needs 0 <= warmup_fraction < 1, 0 < b1 < 1 and weight_decay >= 0; "
-                             f"got {warmup_fraction}, {b1}, {weight_decay}")
-        self.warmup_fraction, self.b1, self.weight_decay = float(warmup_fraction), float(b1), float(weight_decay)
+    learning_rate: float = 2.5e-3
+    warmup_fraction: float = 0.05
+    b1: float = 0.9
+    weight_decay: float = 0.0
 
-    def optimizer(
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks their ranges."""
+        super().__post_init__()
+        if not (0.0 <= self.warmup_fraction < 1.0 and 0.0 < self.b1 < 1.0 and self.weight_decay >= 0):
+            raise ValueError("schedule_free_adamw needs 0 <= warmup_fraction < 1, 0 < b1 < 1 and weight_decay >= 0; "
+                             f"got {self.warmup_fraction}, {self.b1}, {self.weight_decay}")
+
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns schedule-free AdamW; warm-up needs a concrete `num_steps` (none without it)."""

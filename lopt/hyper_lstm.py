@@ -10,6 +10,7 @@ The read-out starts at zero: uniform mixing and a multiplier of 1.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import chex
@@ -56,22 +57,22 @@ def mix_bank(bank: MetaParams, mixing: Array) -> MetaParams:
 
 
 @register("hyper_lstm")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class HyperLSTM(LearnedOptimizer):
     """Per-tensor LSTM hypernetwork over a bank of per-parameter MLPs (VeLO-style, small)."""
 
-    def __init__(
-        self,
-        lstm_size: int = 32,
-        num_bank: int = 8,
-        mlp_hidden_size: int = 8,
-        step_mult: float = 1e-3,
-        exp_mult: float = 1e-3,
-        lr_scale: float = 1.0,
-    ):
-        if min(int(lstm_size), int(num_bank), int(mlp_hidden_size)) < 1:
+    lstm_size: int = 32
+    num_bank: int = 8
+    mlp_hidden_size: int = 8
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks the sizes."""
+        super().__post_init__()
+        if min(self.lstm_size, self.num_bank, self.mlp_hidden_size) < 1:
             raise ValueError("hyper_lstm needs lstm_size, num_bank and mlp_hidden_size >= 1")
-        self.lstm_size, self.num_bank, self.mlp_hidden_size = int(lstm_size), int(num_bank), int(mlp_hidden_size)
-        self.step_mult, self.exp_mult, self.lr_scale = float(step_mult), float(exp_mult), float(lr_scale)
 
     @property
     def num_lstm_inputs(self) -> int:
@@ -95,7 +96,7 @@ class HyperLSTM(LearnedOptimizer):
             "bank": init_bank(bank_key, self.num_bank, self.num_param_features, self.mlp_hidden_size),
         }
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax transformation defined by `meta_params`; num_steps None means 10k steps."""

@@ -8,6 +8,7 @@ added to the parameter. The hidden and cell states of every layer live in the op
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Tuple
 
 import jax
@@ -37,20 +38,21 @@ def preprocess_gradient(g: Array, p: float = 10.0) -> Array:
 
 
 @register("l2l_lstm")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class L2LLSTM(LearnedOptimizer):
     """Coordinatewise LSTM optimizer: num_layers layers of hidden_size units, shared across all parameters."""
 
-    def __init__(
-        self,
-        hidden_size: int = 20,
-        num_layers: int = 2,
-        preprocess_p: float = 10.0,
-        output_scale: float = 0.1,
-    ):
-        if int(hidden_size) < 1 or int(num_layers) < 1:
-            raise ValueError(f"l2l_lstm needs hidden_size >= 1 and num_layers >= 1, got {hidden_size}, {num_layers}")
-        self.hidden_size, self.num_layers = int(hidden_size), int(num_layers)
-        self.preprocess_p, self.output_scale = float(preprocess_p), float(output_scale)
+    hidden_size: int = 20
+    num_layers: int = 2
+    preprocess_p: float = 10.0
+    output_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks the sizes."""
+        super().__post_init__()
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise ValueError(f"l2l_lstm needs hidden_size >= 1 and num_layers >= 1, got {self.hidden_size}, "
+                             f"{self.num_layers}")
 
     def init(self, key: Array) -> MetaParams:
         """Returns the LSTM layers and a linear read-out with small weights."""
@@ -65,7 +67,7 @@ class L2LLSTM(LearnedOptimizer):
         }
         return params
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns the optax transformation that runs the LSTM with weights `meta_params`."""

@@ -7,8 +7,9 @@ actually applied, so betas may change from step to step and from tensor to tenso
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Tuple
 
 import chex
 import jax
@@ -18,7 +19,7 @@ import optax
 from lopt import schedule_features as sched
 from lopt.adafac_mlp import require_params
 from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
-from lopt.mlp_lopt import apply_mlp_hidden, init_mlp
+from lopt.small_fc_lopt import apply_mlp_hidden, init_mlp
 from lopt.normalization import clip_magnitude
 from lopt.tensor_map import map_tensors
 from lopt.tensor_statistics import num_statistics, tensor_statistics
@@ -89,20 +90,28 @@ def _init_state(params: Any) -> LearnedAdamState:
 
 
 @register("learned_adam")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LearnedAdam(LearnedOptimizer):
     """Adam whose log learning rate, beta logits and log eps are meta-parameters (four scalars)."""
 
-    def __init__(self, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    learning_rate: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks their ranges."""
+        super().__post_init__()
+        learning_rate, b1, b2, eps = self.learning_rate, self.b1, self.b2, self.eps
         if not (learning_rate > 0 and 0 < b1 < 1 and 0 < b2 < 1 and eps > 0):
             raise ValueError(f"learned_adam needs lr > 0, 0 < b1, b2 < 1, eps > 0; got {learning_rate}, {b1}, {b2}, {eps}")
-        self.learning_rate, self.b1, self.b2, self.eps = float(learning_rate), float(b1), float(b2), float(eps)
 
     def init(self, key: Array) -> MetaParams:
         """Returns the four hyperparameters at their constructor values."""
         del key
         return hyperparameter_init(self.learning_rate, self.b1, self.b2, self.eps)
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns Adam at the hyperparameters in `meta_params`."""
@@ -118,6 +127,7 @@ class LearnedAdam(LearnedOptimizer):
 
 
 @register("adam_multiplier")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdamMultiplier(LearnedOptimizer):
     """Adam whose lr and beta logits are adjusted per tensor and step by an MLP over tensor statistics and training fraction.
 
@@ -126,16 +136,11 @@ class AdamMultiplier(LearnedOptimizer):
     which are meta-parameters too. num_steps None means 10k steps for the training fraction.
     """
 
-    def __init__(
-        self,
-        hidden_sizes=(16,),
-        learning_rate: float = 1e-3,
-        b1: float = 0.9,
-        b2: float = 0.999,
-        eps: float = 1e-8,
-    ):
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.learning_rate, self.b1, self.b2, self.eps = float(learning_rate), float(b1), float(b2), float(eps)
+    hidden_sizes: Tuple[int, ...] = (16,)
+    learning_rate: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
 
     @property
     def num_inputs(self) -> int:
@@ -149,7 +154,7 @@ class AdamMultiplier(LearnedOptimizer):
         net[f"w{last}"] = jnp.zeros_like(net[f"w{last}"])
         return {"adam": hyperparameter_init(self.learning_rate, self.b1, self.b2, self.eps), "net": net}
 
-    def optimizer(
+    def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
     ) -> optax.GradientTransformationExtraArgs:
         """Returns Adam with per-tensor hyperparameters predicted from `meta_params`."""

@@ -1,8 +1,12 @@
-"""Overflow-safe squares, per-tensor normalisation and log-RMS statistics for learned-optimizer inputs.
+"""Normalisation of learned-optimizer inputs: per-channel second-moment normalisers, overflow-safe squares and
+log-RMS statistics.
 
-float32 squares overflow above |x| ~ 1.8e19, so features built from g**2 (second moments, the
-mean square inside a normaliser) turn into inf, then NaN. These helpers give the same values
-as the naive formulas wherever those are finite and stay finite for any finite input.
+Every channel of a feature array is scaled by rsqrt(eps + mean square) over the other axes, in
+one of two ways. `second_moment_normalize` first clips inputs to +-1e18 (MAX_ROOT), whose squares
+stay finite in float32: it is small_fc_lopt's normaliser, which its trained weights, the
+PyTorch port and learned_optimization's small_fc_lopt compute. `stable_second_moment_normalize`
+leaves inputs unclipped and divides each channel by its largest magnitude first, so it stays
+finite for any finite input and equals the plain formula wherever that is finite.
 """
 
 from __future__ import annotations
@@ -12,14 +16,31 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 
-from lopt.features import clip_magnitude
-
 Array = jax.Array
 
 MAX_ROOT = 1e18
 FLOAT32_MAX = float(jnp.finfo(jnp.float32).max)
 MIN_SCALE = 1e-18
 LOG_FLOOR = -100.0
+
+
+def clip_magnitude(x: Array) -> Array:
+    """Returns x clipped to [-1e18, 1e18], the range whose squares (and means of them) stay finite in float32."""
+    return jnp.clip(x, -MAX_ROOT, MAX_ROOT)
+
+
+def second_moment_normalize_factors(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
+    """Returns rsqrt(eps + mean square) of each channel (along `channel_axis`) of the clipped `features`, over
+    all other axes, shaped to broadcast against them: the factors `second_moment_normalize` scales by."""
+    features = clip_magnitude(features)
+    reduce_axes = tuple(a for a in range(features.ndim) if a != channel_axis % features.ndim)
+    return jax.lax.rsqrt(eps + jnp.mean(jnp.square(features), axis=reduce_axes, keepdims=True))
+
+
+def second_moment_normalize(features: Array, eps: float = 1e-5, channel_axis: int = -1) -> Array:
+    """Scales each channel (along `channel_axis`) of the features, clipped to +-1e18, by the rsqrt of its mean
+    square over all other axes."""
+    return clip_magnitude(features) * second_moment_normalize_factors(features, eps, channel_axis)
 
 
 def safe_square(x: Array) -> Array:
@@ -36,7 +57,7 @@ def _channel_scale(x: Array, axes) -> Array:
 def stable_second_moment_normalize(features: Array, eps: float = 1e-5) -> Array:
     """Scales each channel (last axis) by rsqrt(eps + mean square over the other axes), without overflow.
 
-    Equal to `lopt.features.second_moment_normalize` where that is finite: each channel is first
+    Equal to `second_moment_normalize` where that is finite and unclipped: each channel is first
     divided by its largest magnitude m, and x * rsqrt(eps + mean(x^2)) is computed as
     (x / m) * rsqrt(eps / m^2 + mean((x / m)^2)).
     """

@@ -6,7 +6,7 @@ its authors' code computes (tests/test_published_parity.py checks 20 steps again
 | `architecture` | their class | lopt optimizer |
 |---|---|---|
 | `celo` | amoudgl/celo `Celo` (lstm_hidden_size 64, param_inits 1, train_phase 2) | `celo_lo` |
-| `mlp` | learned_optimization `MLPLOpt` (small_fc_lopt) | `mlp` |
+| `mlp` | learned_optimization `MLPLOpt` (small_fc_lopt) | `small_fc_lopt` |
 | `adafac_mlp` | learned_optimization `AdafacMLPLOpt` | `adafac_mlp_lo` |
 
 The file is decoded with `flax.serialization.msgpack_restore`, which builds only dicts,
@@ -35,7 +35,7 @@ from lopt.celo_lo import FEATURE_GROUPS, CeloLO
 from lopt.export import FORMAT_VERSION, ExportError, LoadedOptimizer, save
 
 FORMATS = ("learned_optimization",)
-ARCHITECTURES = {"celo": "celo_lo", "mlp": "mlp", "adafac_mlp": "adafac_mlp_lo"}
+ARCHITECTURES = {"celo": "celo_lo", "mlp": "small_fc_lopt", "adafac_mlp": "adafac_mlp_lo"}
 REFERENCES = {
     "celo": "amoudgl/celo celo.optimizers.celo.Celo(lstm_hidden_size=64, param_inits=1, train_phase=2)",
     "mlp": "google/learned_optimization learned_optimizers.mlp_lopt.MLPLOpt",

@@ -38,9 +38,9 @@ ROWS: Dict[str, str] = {
     "recipe": "",
     "no_augmentation": "config.task.reparameterize.levels = ()",
     "no_orthogonalization": "config.optimizer.kwargs.orthogonalize = False",
-    "small_fc_lopt": ("config.optimizer.name = 'mlp'\n"
+    "small_fc_lopt": ("config.optimizer.name = 'small_fc_lopt'\n"
                       "config.optimizer.kwargs = ml_collections.ConfigDict({'step_mult': 1e-2})"),
-    "small_fc_lopt_mup": ("config.optimizer.name = 'mlp'\n"
+    "small_fc_lopt_mup": ("config.optimizer.name = 'small_fc_lopt'\n"
                           "config.optimizer.kwargs = ml_collections.ConfigDict({'step_mult': 1e-2, 'mup': True})"),
 }
 

@@ -45,9 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--meta-steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--optimizer", default="mlp")
+    parser.add_argument("--optimizer", default="small_fc_lopt")
     parser.add_argument("--concurrent-chunks", nargs="*", type=int, default=[None],
-                        help="mlp only: values of small_fc_lopt's concurrent_chunks to compare (default: its own)")
+                        help="small_fc_lopt only: values of small_fc_lopt's concurrent_chunks to compare (default: its own)")
     parser.add_argument("--out", default="benchmarks/meta_train.json")
     parser.add_argument("--compile-cache", action="store_true",
                         help="also report the first meta-step of a second process that loads it from a fresh "

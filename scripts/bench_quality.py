@@ -81,7 +81,7 @@ def meta_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config.task.family = "mlp_image"
     config.task.kwargs = ml_collections.ConfigDict(
         {"dataset": args.dataset, "image_size": 8, "hidden": tuple(args.hidden), "batch_size": args.batch_size})
-    config.optimizer.name = "mlp"
+    config.optimizer.name = "small_fc_lopt"
     config.optimizer.kwargs = ml_collections.ConfigDict(
         {"hidden_sizes": (32, 32), "step_mult": args.step_mult, "exp_mult": 1e-3,
          "fraction_features": bool(args.fraction_features)})

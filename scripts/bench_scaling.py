@@ -46,7 +46,7 @@ def main():
         for per_device in ARGS.tasks_per_device:
             num_tasks = devices * per_device
             trainer = meta_train.Trainer(
-                family, lopt.get("mlp"), meta_train.PES(num_tasks, ARGS.trunc_length, 0.01),
+                family, lopt.get("small_fc_lopt"), meta_train.PES(num_tasks, ARGS.trunc_length, 0.01),
                 meta_train.ConstantHorizon(ARGS.horizon), optax.adam(1e-3),
                 parallelism=meta_train.TaskParallelism("shard_map" if devices > 1 else "none", devices),
             )

@@ -86,7 +86,7 @@ def benchmark(names, model: str, chunks: int, chunk_steps: int, dot_fusion: bool
     x = jax.random.normal(key, (128, sizes[0]))
     y = jax.random.randint(key, (128,), 0, sizes[-1])
     runners = {name: Runner(lopt.get(name), sizes, x, y) for name in ["adam", *names]}
-    runners.update({f"mlp+chunks{n}": Runner(lopt.get("mlp", concurrent_chunks=n), sizes, x, y) for n in mlp_chunks})
+    runners.update({f"mlp+chunks{n}": Runner(lopt.get("small_fc_lopt", concurrent_chunks=n), sizes, x, y) for n in mlp_chunks})
     if dot_fusion:
         runners.update({f"{name}+dotfusion": Runner(lopt.get(name), sizes, x, y, DOT_FUSION_OPTIONS)
                         for name in ["adam", *names]})

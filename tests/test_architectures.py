@@ -15,7 +15,7 @@ import pytest
 import lopt
 from meta_train import config as config_lib
 
-NAMES = ["mlp", "adafac_mlp", "l2l_lstm", "hyper_lstm", "attention", "learned_adam", "adam_multiplier", "celo"]
+NAMES = ["small_fc_lopt", "adafac_mlp", "l2l_lstm", "hyper_lstm", "attention", "learned_adam", "adam_multiplier", "celo"]
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 GRADIENT_SCALES = {"typical": None, "zero": 0.0, "tiny": 1e-20, "huge": 1e20}
@@ -24,7 +24,7 @@ GRADIENT_SCALES = {"typical": None, "zero": 0.0, "tiny": 1e-20, "huge": 1e20}
 def config_path(name: str, family: str) -> Path:
     if name == "celo" and family == "mlp":
         return CONFIG_DIR / "celo.py"
-    if name == "mlp" and family == "mlp":
+    if name == "small_fc_lopt" and family == "mlp":
         return CONFIG_DIR / "quickstart.py"
     return CONFIG_DIR / f"{name}_{family}.py"
 
@@ -62,7 +62,7 @@ def perturbed(theta, seed, scale=0.1):
 
 def init_and_updates(optimizer, theta, grads, params, loss, num_steps, num_updates=1):
     """Runs init and `num_updates` updates (only the first gets a loss) and returns every state and update."""
-    tx = optimizer.optimizer(theta, num_steps=num_steps)
+    tx = optimizer.transformation(theta, num_steps=num_steps)
     states, updates = [tx.init(params)], []
     for k in range(num_updates):
         new_updates, state = tx.update(grads, states[-1], params, **({"loss": loss} if k == 0 else {}))
@@ -109,7 +109,7 @@ def test_vmaps_over_meta_params_and_num_steps_without_a_loss(name):
     grads = gradients(params, None)
 
     def first_update(theta, steps):
-        tx = optimizer.optimizer(theta, num_steps=steps)
+        tx = optimizer.transformation(theta, num_steps=steps)
         return tx.update(grads, tx.init(params), params)[0]["matrix"]
 
     batched = jax.jit(jax.vmap(first_update), compiler_options=FAST_COMPILE)(stacked, num_steps)
@@ -260,7 +260,7 @@ def test_decay_offsets_of_zero_give_the_default_decays():
 
 def test_learned_adam_at_init_matches_optax_adam():
     optimizer = lopt.get("learned_adam", learning_rate=3e-3)
-    tx, reference = optimizer.optimizer(optimizer.init(None)), optax.adam(3e-3)
+    tx, reference = optimizer.transformation(optimizer.init(None)), optax.adam(3e-3)
     params = {"w": jnp.linspace(-1.0, 1.0, 6)}
     state, ref_state = tx.init(params), reference.init(params)
     for k in range(3):
@@ -288,7 +288,7 @@ def test_adafactor_mlp_steps_match_the_normalised_feature_mlp_across_blocks(shap
     """Channel-major features, normalisation folded into the first layer and blocks leave the steps unchanged."""
     from lopt import adafactor_features as adafac
     from lopt.adafac_mlp import COLUMN_BLOCK, adafactor_mlp_steps
-    from lopt.mlp_lopt import init_mlp
+    from lopt.small_fc_lopt import init_mlp
     from lopt.normalization import stable_second_moment_normalize
 
     assert COLUMN_BLOCK == 8192  # the shapes above are chosen around it

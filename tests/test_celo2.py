@@ -37,7 +37,7 @@ def test_reproduces_the_authors_trajectory(variant, orthogonalize):
     # celo2base sends every leaf to the learned rule; celo2 sends dense/b and scale to Adam.
     optimizer = lopt.get("celo2", learning_rate=1e-3, orthogonalize=orthogonalize,
                          adam_regex=celo2_lib.DEFAULT_ADAM_REGEX if orthogonalize else "")
-    tx = optimizer.optimizer(theta, num_steps=100)
+    tx = optimizer.transformation(theta, num_steps=100)
     initial = params = reference_tree(data, "init/")
     state = tx.init(params)
     update = jax.jit(tx.update)
@@ -121,7 +121,7 @@ def test_orthogonalised_step_of_a_random_matrix_is_near_orthogonal():
     grads = {"w": jax.random.normal(key_g, (48, 16)) * jnp.linspace(0.01, 3.0, 16)}
     steps = {}
     for name, opt in (("orthogonal", optimizer), ("plain", plain)):
-        tx = opt.optimizer(theta)
+        tx = opt.transformation(theta)
         steps[name] = jax.jit(tx.update)(grads, tx.init(params), params)[0]["w"]
     spread = singular_value_spread(steps["orthogonal"])
     # The quintic's fixed point is not 1: five iterations leave singular values in about [0.68, 1.13].
@@ -141,7 +141,7 @@ def test_regex_routes_exactly_the_matched_leaves_to_adam():
     assert default["head"]["bias"] == "rule" and default["dense"]["b"] == "adam"
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
     optimizer = lopt.get("celo2", adam_regex=r"/b$|^scale$|bias", learning_rate=1e-2)
-    tx = optimizer.optimizer(optimizer.init(jax.random.key(0)))
+    tx = optimizer.transformation(optimizer.init(jax.random.key(0)))
     state, update = tx.init(params), jax.jit(tx.update)
     # Adam without bias correction: m = 0.1 g, v = 0.05 g^2, step = lr * mult_1d * m / sqrt(v + eps) twice.
     m, v = 0.0, 0.0
@@ -161,8 +161,8 @@ def test_weight_decay_adds_lr_times_decay_times_params():
     theta = optimizer.init(jax.random.key(0))
     params = {"layer": {"w": jax.random.normal(jax.random.key(4), (5, 6)), "b": jnp.ones((6,))}}
     grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
-    with_decay = optimizer_wd.optimizer(theta)
-    without = optimizer.optimizer(theta)
+    with_decay = optimizer_wd.transformation(theta)
+    without = optimizer.transformation(theta)
     a = jax.jit(with_decay.update)(grads, with_decay.init(params), params)[0]["layer"]
     b = jax.jit(without.update)(grads, without.init(params), params)[0]["layer"]
     w, bias = np.asarray(params["layer"]["w"]), np.asarray(params["layer"]["b"])
@@ -188,8 +188,8 @@ def test_schedule_scales_every_step_by_its_multiplier(schedule):
     theta = constant.init(jax.random.key(0))
     params = {"w": jax.random.normal(jax.random.key(5), (6, 4)), "b": jnp.zeros((4,))}
     grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
-    base = run_updates(constant.optimizer(theta), params, grads, num_steps)
-    got = run_updates(scheduled.optimizer(theta, num_steps=num_steps), params, grads, num_steps)
+    base = run_updates(constant.transformation(theta), params, grads, num_steps)
+    got = run_updates(scheduled.transformation(theta, num_steps=num_steps), params, grads, num_steps)
     for t, (a, b) in enumerate(zip(got, base)):
         cosine = final_fraction + (1 - final_fraction) * 0.5 * (1 + np.cos(np.pi * t / num_steps))
         expected = cosine
@@ -208,7 +208,7 @@ def test_a_traced_learning_rate_scales_the_step_under_vmap():
     grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
 
     def first_update(learning_rate):
-        tx = optimizer.optimizer(theta, num_steps=10, learning_rate=learning_rate)
+        tx = optimizer.transformation(theta, num_steps=10, learning_rate=learning_rate)
         return tx.update(grads, tx.init(params), params)[0]
 
     rates = jnp.asarray([1e-4, 3e-3, 2e-2])
@@ -226,7 +226,7 @@ def test_bare_direction_composes_with_an_optax_schedule():
     grads = jax.tree.map(lambda p: 0.2 * p - 0.01, params)
     schedule = optax.cosine_decay_schedule(2e-3, decay_steps=10, alpha=0.05)
     composed = optax.chain(optimizer.direction(theta), optax.scale_by_learning_rate(schedule))
-    for a, b in zip(run_updates(composed, params, grads, 10), run_updates(optimizer.optimizer(theta, num_steps=10),
+    for a, b in zip(run_updates(composed, params, grads, 10), run_updates(optimizer.transformation(theta, num_steps=10),
                                                                           params, grads, 10)):
         for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-10)
@@ -240,7 +240,7 @@ def test_works_under_vmap_over_theta():
     grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
 
     def two_updates(theta):
-        tx = optimizer.optimizer(theta, num_steps=50)
+        tx = optimizer.transformation(theta, num_steps=50)
         return run_updates(tx, params, grads, 2)[-1]
 
     batched = jax.jit(jax.vmap(two_updates))(jax.tree.map(lambda *x: jnp.stack(x), *thetas))
@@ -261,7 +261,7 @@ def test_save_and_load_give_identical_updates(tmp_path):
     assert loaded.optimizer.ns_coeffs == optimizer.ns_coeffs
     params = {"w": jax.random.normal(jax.random.key(8), (6, 5)), "bias": jnp.ones((5,))}
     grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
-    expected = run_updates(optimizer.optimizer(theta, num_steps=20), params, grads, 3)
+    expected = run_updates(optimizer.transformation(theta, num_steps=20), params, grads, 3)
     got = run_updates(loaded.transformation(num_steps=20), params, grads, 3)
     for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
@@ -274,8 +274,8 @@ def test_bad_arguments_are_one_line_errors():
         lopt.get("celo2", adam_regex="(")
     optimizer = lopt.get("celo2", schedule="cosine")
     with pytest.raises(ValueError, match="needs the run length"):
-        optimizer.optimizer(optimizer.init(jax.random.key(0)))
-    tx = optimizer.optimizer(optimizer.init(jax.random.key(0)), num_steps=10)
+        optimizer.transformation(optimizer.init(jax.random.key(0)))
+    tx = optimizer.transformation(optimizer.init(jax.random.key(0)), num_steps=10)
     params = {"w": jnp.ones((2, 2))}
     with pytest.raises(ValueError, match="needs params"):
         tx.update(params, tx.init(params))

@@ -13,7 +13,7 @@ import pytest
 import lopt
 import lopt.pretrained
 import tasks
-from lopt.mlp_lopt import mup_step_scale
+from lopt.small_fc_lopt import mup_step_scale
 from meta_train import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def updates_after(optimizer, theta, params, grads, num_steps=3):
     """Returns the updates of the last of `num_steps` steps with fixed gradients (so momenta are non-trivial)."""
-    tx = optimizer.optimizer(theta)
+    tx = optimizer.transformation(theta)
     state = tx.init(params)
     update = jax.jit(tx.update)
     for _ in range(num_steps):
@@ -43,13 +43,13 @@ def test_same_meta_params_on_a_wider_tensor_step_by_the_ratio_of_fan_ins():
     narrow = {"w": narrow_w, "b": bias}
     wide = {"w": jnp.tile(narrow_w, (4, 1)), "b": bias}
     grads = {"narrow": {"w": narrow_g, "b": 0.1 * bias}, "wide": {"w": jnp.tile(narrow_g, (4, 1)), "b": 0.1 * bias}}
-    optimizer = lopt.MLPLOpt(mup=True, step_mult=1e-2)
+    optimizer = lopt.SmallFcLOpt(mup=True, step_mult=1e-2)
     theta = optimizer.init(jax.random.key(1))
     narrow_steps = updates_after(optimizer, theta, narrow, grads["narrow"])
     wide_steps = updates_after(optimizer, theta, wide, grads["wide"])
     np.testing.assert_allclose(wide_steps["w"], jnp.tile(narrow_steps["w"], (4, 1)) * (8 / 32), rtol=1e-5)
     np.testing.assert_allclose(wide_steps["b"], narrow_steps["b"], rtol=1e-6)
-    plain = updates_after(lopt.MLPLOpt(step_mult=1e-2), theta, wide, grads["wide"])
+    plain = updates_after(lopt.SmallFcLOpt(step_mult=1e-2), theta, wide, grads["wide"])
     np.testing.assert_allclose(wide_steps["w"], plain["w"] / 32, rtol=1e-6)
     np.testing.assert_array_equal(wide_steps["b"], plain["b"])
     assert float(jnp.abs(plain["w"]).max()) > 0
@@ -58,9 +58,9 @@ def test_same_meta_params_on_a_wider_tensor_step_by_the_ratio_of_fan_ins():
 def test_mup_divides_conv_kernels_and_large_blocked_tensors_by_fan_in():
     params = {"conv": jnp.linspace(-1, 1, 3 * 3 * 4 * 8).reshape(3, 3, 4, 8), "big": jnp.linspace(-2, 2, 600).reshape(30, 20)}
     grads = jax.tree.map(lambda p: 0.3 * p + 0.01, params)
-    theta = lopt.MLPLOpt().init(jax.random.key(2))
-    plain = updates_after(lopt.MLPLOpt(block_size=256), theta, params, grads)
-    scaled = updates_after(lopt.MLPLOpt(block_size=256, mup=True), theta, params, grads)
+    theta = lopt.SmallFcLOpt().init(jax.random.key(2))
+    plain = updates_after(lopt.SmallFcLOpt(block_size=256), theta, params, grads)
+    scaled = updates_after(lopt.SmallFcLOpt(block_size=256, mup=True), theta, params, grads)
     np.testing.assert_allclose(scaled["conv"], plain["conv"] / 36, rtol=1e-6)
     np.testing.assert_allclose(scaled["big"], plain["big"] / 30, rtol=1e-6)
 
@@ -69,10 +69,10 @@ def test_mup_false_is_the_default_and_computes_the_same_updates_bit_for_bit():
     key_p, key_g = jax.random.split(jax.random.key(3))
     params = {"w": jax.random.normal(key_p, (6, 4)), "b": jnp.zeros(4), "s": jnp.float32(0.2)}
     grads = jax.tree.map(lambda p: 0.1 * p + 0.05, params)
-    assert lopt.MLPLOpt().mup is False
-    theta = lopt.MLPLOpt().init(jax.random.key(4))
-    default = updates_after(lopt.MLPLOpt(), theta, params, grads)
-    explicit = updates_after(lopt.MLPLOpt(mup=False), theta, params, grads)
+    assert lopt.SmallFcLOpt().mup is False
+    theta = lopt.SmallFcLOpt().init(jax.random.key(4))
+    default = updates_after(lopt.SmallFcLOpt(), theta, params, grads)
+    explicit = updates_after(lopt.SmallFcLOpt(mup=False), theta, params, grads)
     for got, want in zip(jax.tree.leaves(explicit), jax.tree.leaves(default)):
         np.testing.assert_array_equal(got, want)
 
@@ -82,18 +82,18 @@ def test_pretrained_optimizer_without_the_option_loads_as_mup_false():
     assert "mup" not in loaded.config and loaded.optimizer.mup is False
     params = {"w": jnp.linspace(-1, 1, 12).reshape(3, 4), "b": jnp.linspace(0, 1, 4)}
     grads = jax.tree.map(lambda p: 0.5 * p - 0.1, params)
-    rebuilt = lopt.MLPLOpt(**loaded.config, mup=False)
+    rebuilt = lopt.SmallFcLOpt(**loaded.config, mup=False)
     for got, want in zip(jax.tree.leaves(updates_after(loaded.optimizer, loaded.meta_params, params, grads)),
                          jax.tree.leaves(updates_after(rebuilt, loaded.meta_params, params, grads))):
         np.testing.assert_array_equal(got, want)
 
 
 def test_mup_option_survives_export_and_bad_values_are_errors(tmp_path):
-    optimizer = lopt.MLPLOpt(mup=True)
+    optimizer = lopt.SmallFcLOpt(mup=True)
     path = lopt.export.save(tmp_path / "mup.lopt", optimizer, optimizer.init(jax.random.key(0)))
     assert lopt.load(path).optimizer.mup is True
     with pytest.raises(ValueError, match="mup must be True or False"):
-        lopt.MLPLOpt(mup="yes")
+        lopt.SmallFcLOpt(mup="yes")
     with pytest.raises(tasks.TaskError, match="mup must be True or False"):
         tasks.get("mlp_image", dataset="digits", mup=1)
 

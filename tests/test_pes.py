@@ -69,7 +69,7 @@ def test_pes_matches_exact_meta_gradient(horizon_length, trunc_length, num_trunc
 
 def test_pes_matches_exact_meta_gradient_of_mlp_lopt():
     family = FixedQuadraticFamily()
-    optimizer = lopt.MLPLOpt(hidden_sizes=(4,), step_mult=0.05)
+    optimizer = lopt.SmallFcLOpt(hidden_sizes=(4,), step_mult=0.05)
     horizon = meta_train.ConstantHorizon(15, stagger=False)
     unroll = meta_train.TruncatedUnroll(family, optimizer, horizon)
     theta = optimizer.init(jax.random.key(3))

@@ -50,4 +50,4 @@ def test_unknown_phase_of_an_optimizer_is_a_config_error():
     config.meta_train.phases = ("warmup:5",)
     with pytest.raises(config_lib.ConfigError, match="no meta-training phase 'warmup'"):
         config_lib.build(config)
-    assert lopt.get("mlp").trainable_mask({"w": np.zeros(2)}) == {"w": True}
+    assert lopt.get("small_fc_lopt").trainable_mask({"w": np.zeros(2)}) == {"w": True}

@@ -24,7 +24,7 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 CASES = {
     "celo": ("celo/celo_phase2_theta.state", "celo/celo_reference_trajectory.npz", "celo_lo"),
     "mlp": ("learned_optimization/lo_mlp_lopt_theta.state",
-            "learned_optimization/lo_mlp_lopt_reference_trajectory.npz", "mlp"),
+            "learned_optimization/lo_mlp_lopt_reference_trajectory.npz", "small_fc_lopt"),
     "adafac_mlp": ("learned_optimization/lo_adafac_mlp_lopt_theta.state",
                    "learned_optimization/lo_adafac_mlp_lopt_reference_trajectory.npz", "adafac_mlp_lo"),
 }
@@ -175,7 +175,7 @@ def test_faithful_variants_take_traced_meta_params(name):
     params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "s": jnp.ones(())}
 
     def final_loss(theta):
-        tx = opt.optimizer(theta, num_steps=5)
+        tx = opt.transformation(theta, num_steps=5)
         loss_fn = lambda p: jnp.sum((p["w"] - 0.5) ** 2) + (p["s"] - 2.0) ** 2
         p, state = params, tx.init(params)
         for _ in range(2):

@@ -33,7 +33,7 @@ def test_readme_api_example_meta_trains():
 
 
 def test_readme_export_example_trains_with_a_loaded_optimizer(tmp_path):
-    optimizer = lopt.MLPLOpt(step_mult=1e-2)
+    optimizer = lopt.SmallFcLOpt(step_mult=1e-2)
     path = tmp_path / "optimizer.lopt"
     lopt.save(path, optimizer, optimizer.init(jax.random.key(0)), {"note": "test"})
     block = python_blocks()[1].replace("runs/quickstart/optimizer.lopt", str(path))

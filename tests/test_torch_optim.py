@@ -155,7 +155,7 @@ def assert_same_updates(torch_run, jax_run):
 
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    optimizer = lopt.MLPLOpt(step_mult=1e-2)
+    optimizer = lopt.SmallFcLOpt(step_mult=1e-2)
     theta = optimizer.init(jax.random.key(3))
     return lopt.save(tmp_path_factory.mktemp("mlp") / "mlp.lopt", optimizer, theta), optimizer, theta
 
@@ -176,7 +176,7 @@ def save_celo2(folder, **kwargs):
 def test_small_fc_lopt_matches_jax_on_every_rank_and_layout(mlp_file, mup):
     path, optimizer, theta = mlp_file
     params, grads = make_problem()
-    want = jax_updates([(lopt.MLPLOpt(step_mult=1e-2, mup=mup).optimizer(theta), list(SMALL))], params, grads)
+    want = jax_updates([(lopt.SmallFcLOpt(step_mult=1e-2, mup=mup).transformation(theta), list(SMALL))], params, grads)
     groups = [{"names": [n for n in SMALL if TENSORS[n][1] == layout]} for layout in ("torch", "jax")]
     got = torch_updates(lambda g: lopt.torch.load(path, g, mup=mup), params, grads, groups)
     assert_same_updates(got, want)
@@ -195,7 +195,7 @@ def test_celo2_matches_jax_on_every_rank_and_layout(tmp_path, orthogonalize, sch
     path, theta = save_celo2(tmp_path, orthogonalize=orthogonalize, schedule=schedule)
     params, grads = make_problem()
     jax_optimizer = lopt.load(path).optimizer
-    want = jax_updates([(jax_optimizer.optimizer(theta, num_steps=NUM_STEPS), list(SMALL))], params, grads)
+    want = jax_updates([(jax_optimizer.transformation(theta, num_steps=NUM_STEPS), list(SMALL))], params, grads)
     groups = [{"names": [n for n in SMALL if TENSORS[n][1] == layout]} for layout in ("torch", "jax")]
     got = torch_updates(lambda g: lopt.torch.load(path, g, num_steps=NUM_STEPS), params, grads, groups)
     assert_same_updates(got, want)
@@ -210,7 +210,7 @@ def test_large_tensors_match_jax(tmp_path, monkeypatch, architecture):
     monkeypatch.setattr(lopt.torch.celo2, "COLUMN_BLOCK", 4096)
     params, grads = make_problem(("large.weight", "dense.bias", "scale"), seed=5)
     if architecture == "mlp":
-        optimizer = lopt.MLPLOpt(step_mult=1e-2, fraction_features=True, block_size=4096)
+        optimizer = lopt.SmallFcLOpt(step_mult=1e-2, fraction_features=True, block_size=4096)
         path = lopt.save(tmp_path / "mlp.lopt", optimizer, optimizer.init(jax.random.key(6)))
     else:
         path, _ = save_celo2(tmp_path)
@@ -228,16 +228,16 @@ def test_parameter_groups_take_their_own_settings(tmp_path, mlp_file):
               {"names": ["square.weight", "conv.weight"]},
               {"names": ["scale"], "branch": "rule"}]
     jax_celo2 = lambda **kw: lopt.Celo2(**{"learning_rate": CELO2_LR, "weight_decay": 0.1,
-                                          "adam_regex": r"bias$|^scale$", **kw}).optimizer(theta)
+                                          "adam_regex": r"bias$|^scale$", **kw}).transformation(theta)
     want = jax_updates([(jax_celo2(learning_rate=3e-3, weight_decay=0.0), groups[0]["names"]),
                         (jax_celo2(), groups[1]["names"]), (jax_celo2(adam_regex=""), groups[2]["names"])], params, grads)
     assert_same_updates(torch_updates(lambda g: lopt.torch.load(path, g), params, grads, groups), want)
 
     mlp_path, _, mlp_theta = mlp_file
     groups = [{"names": ["dense.weight", "conv.weight"], "lr": 0.5, "mup": True}, {"names": ["dense.bias", "scale"]}]
-    scaled_mup = optax.chain(lopt.MLPLOpt(step_mult=1e-2, mup=True).optimizer(mlp_theta), optax.scale(0.5))
+    scaled_mup = optax.chain(lopt.SmallFcLOpt(step_mult=1e-2, mup=True).transformation(mlp_theta), optax.scale(0.5))
     want = jax_updates([(scaled_mup, groups[0]["names"]),
-                        (lopt.MLPLOpt(step_mult=1e-2).optimizer(mlp_theta), groups[1]["names"])], params, grads)
+                        (lopt.SmallFcLOpt(step_mult=1e-2).transformation(mlp_theta), groups[1]["names"])], params, grads)
     assert_same_updates(torch_updates(lambda g: lopt.torch.load(mlp_path, g), params, grads, groups), want)
 
 

@@ -21,7 +21,7 @@ from tests.test_torch_optim import REPO, save_celo2
 
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    optimizer = lopt.MLPLOpt(step_mult=1e-2)
+    optimizer = lopt.SmallFcLOpt(step_mult=1e-2)
     return lopt.save(tmp_path_factory.mktemp("mlp") / "mlp.lopt", optimizer, optimizer.init(jax.random.key(3)))
 
 

@@ -6,7 +6,7 @@
                                 adam_regex=r"bias$", lr=1e-3)
 
 `load` reads an export file (or a shipped optimizer's name) without pickle and without JAX.
-Supported architectures: small_fc_lopt ("mlp", with `mup`) and Celo2 ("celo2"). Each parameter
+Supported architectures: small_fc_lopt ("small_fc_lopt", formerly "mlp"; with `mup`) and Celo2 ("celo2"). Each parameter
 is updated as the JAX rule would update the corresponding JAX array; see lopt.torch.layout for
 how PyTorch's `[out, in, *kernel]` weights map to JAX's `[*kernel, in, out]`. Needs the
 `torch` extra: `pip install -e ".[torch]"`.

@@ -19,8 +19,9 @@ PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 SUFFIX = ".lopt"
 
 # Export name -> (PyTorch optimizer class, config -> (architecture arguments, default group settings)).
+# export_format.read maps legacy names (small_fc_lopt's "mlp") to these.
 ARCHITECTURES: Dict[str, Tuple[Type[LearnedRuleOptimizer], Callable[[Mapping[str, Any]], Tuple[dict, dict]]]] = {
-    "mlp": (small_fc_lopt.SmallFCLOpt, small_fc_lopt.settings_from_config),
+    "small_fc_lopt": (small_fc_lopt.SmallFCLOpt, small_fc_lopt.settings_from_config),
     "celo2": (celo2.Celo2, celo2.settings_from_config),
 }
 

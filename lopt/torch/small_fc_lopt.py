@@ -1,4 +1,4 @@
-"""small_fc_lopt ("mlp", lopt/mlp_lopt.py) in PyTorch: the same per-parameter MLP update as the JAX optimizer.
+"""small_fc_lopt (lopt/small_fc_lopt.py) in PyTorch: the same per-parameter MLP update as the JAX optimizer.
 
 Per parameter the MLP reads the gradient, the parameter and six momenta, each scaled per
 tensor by `rsqrt(1e-5 + mean square)` after clipping to +-1e18, plus time features
@@ -54,7 +54,7 @@ def time_inputs(step: int, time_scales: torch.Tensor, num_steps: Optional[int],
 
 
 class SmallFCLOpt(LearnedRuleOptimizer):
-    """small_fc_lopt (Metz et al. 2022), numerically matching lopt's JAX "mlp" optimizer on the same model.
+    """small_fc_lopt (Metz et al. 2022), numerically matching lopt's JAX small_fc_lopt on the same model.
 
     Group settings: `lr` multiplies the learned step (1.0, the default, is the step the rule was
     meta-trained to take; a torch learning-rate scheduler scales it), `mup` divides each weight's
@@ -165,10 +165,10 @@ class SmallFCLOpt(LearnedRuleOptimizer):
 
 
 def settings_from_config(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Returns (architecture arguments, default group settings) of an exported "mlp" optimizer's config."""
+    """Returns (architecture arguments, default group settings) of an exported small_fc_lopt's config."""
     unknown = sorted(set(config) - set(ARCHITECTURE_KEYS) - {"mup", *COMPUTATION_ONLY_KEYS})
     if unknown:
-        raise ValueError(f"the exported mlp optimizer sets {', '.join(unknown)}, which lopt.torch does not implement")
+        raise ValueError(f"the exported small_fc_lopt sets {', '.join(unknown)}, which lopt.torch does not implement")
     architecture = {k: config[k] for k in ARCHITECTURE_KEYS if k in config}
     return architecture, {"mup": bool(config.get("mup", False))}
 

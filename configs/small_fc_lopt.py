@@ -10,7 +10,7 @@ def get_config():
     config.task.kwargs.hidden = (32, 32)
     config.task.kwargs.image_size = 8
     config.task.kwargs.batch_size = 128
-    config.optimizer.name = "mlp"
+    config.optimizer.name = "small_fc_lopt"
     config.optimizer.kwargs.hidden_sizes = (32, 32)
     config.optimizer.kwargs.step_mult = 1e-3
     config.optimizer.kwargs.exp_mult = 1e-3

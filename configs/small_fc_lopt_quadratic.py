@@ -4,5 +4,5 @@ from meta_train.config import quadratic_experiment
 
 
 def get_config():
-    config = quadratic_experiment("mlp", hidden_sizes=(32, 32), step_mult=1e-2)
+    config = quadratic_experiment("small_fc_lopt", hidden_sizes=(32, 32), step_mult=1e-2)
     return config
