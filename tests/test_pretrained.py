@@ -100,7 +100,7 @@ def test_loads_from_an_installed_package(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("mlp ")
+    assert done.stdout.startswith("small_fc_lopt ")
 
 
 def test_readme_pretrained_example_runs():

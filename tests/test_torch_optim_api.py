@@ -86,7 +86,7 @@ def test_mistakes_are_one_line_errors(tmp_path, mlp_file):
     other = lopt.get("adam_multiplier")
     unsupported = lopt.save(tmp_path / "other.lopt", other, other.init(jax.random.key(0)))
     cases = [
-        (lambda: lopt.torch.load(unsupported, [weight]), "no PyTorch version of the 'adam_multiplier'.*supported: mlp, celo2"),
+        (lambda: lopt.torch.load(unsupported, [weight]), "no PyTorch version of the 'adam_multiplier'.*supported: small_fc_lopt, celo2"),
         (lambda: lopt.torch.load("no_such_optimizer", [weight]), "no such export file or shipped optimizer.*small_fc_lopt"),
         (lambda: lopt.torch.load(mlp_file, [weight], learning_rate=1.0), "no setting 'learning_rate'; settings: lr"),
         (lambda: lopt.torch.load(mlp_file, [weight], layout="nchw"), "unknown layout 'nchw'; choose from torch, jax"),
