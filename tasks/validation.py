@@ -1,7 +1,8 @@
 """`validate(family)`: checks a task family does what the meta-trainer relies on, naming the first failed check.
 
 Checks, in order (each raises a one-line TaskError "validate(NAME): check 'CHECK' failed: ..."):
-- `pytree`: the family flattens to array leaves and rebuilds (so it can be passed into jit);
+- `pytree`: the family flattens (its `data_fields` to array leaves, no array left static) and rebuilds
+  (so it can be passed into jit);
 - `sample`: `sample` runs under jit and vmap and gives a pytree of arrays with a task axis;
 - `static_shapes`: params and every split's batch have the same structure, shapes and dtypes
   for different tasks and keys, and params are floating point;

@@ -182,6 +182,8 @@ def test_undeclared_array_attribute_and_missing_data_field_are_one_line_errors()
         jax.jit(table_value)(incomplete, jax.random.key(0))
     with pytest.raises(TypeError, match="tuple of attribute names"):
         type("BadDeclaration", (tasks.TaskFamily,), {"data_fields": "table"})
+    with pytest.raises(tasks.TaskError, match=r"check 'pytree' failed: TypeError: TableFamily\.cache holds arrays"):
+        tasks.validate(family)
 
 
 def test_activation_switch_differs_across_indices():
