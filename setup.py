@@ -47,7 +47,7 @@ setup(
         "console_scripts": [
             "lopt-meta-train=meta_train.cli:meta_train_main",
             "lopt-export=meta_train.cli:export_main",
-            "lopt-evaluate=meta_train.evaluation_cli:main",
+            "lopt-evaluate=meta_train.evaluation.cli:main",
             "lopt-import=lopt.published:main",
         ]
     },

@@ -2,7 +2,7 @@
 
 import sys
 
-from meta_train.evaluation_cli import main
+from meta_train.evaluation.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,8 @@ import optax
 import lopt
 import meta_train
 import tasks
-from meta_train import evaluate
+from meta_train.evaluation import curves as evaluate
+from meta_train.evaluation import speedup
 from meta_train.truncated_backprop import TruncatedBackprop
 
 LEARNING_RATES = tuple(float(x) for x in np.logspace(-3, 0.5, 15))
@@ -66,7 +67,7 @@ def summary(final: np.ndarray, curves: np.ndarray) -> dict:
     return {
         "mean_final": float(np.mean(final)),
         "median_final": float(np.median(final)),
-        "geometric_mean_final": evaluate.geometric_mean(np.maximum(final, 1e-30)),
+        "geometric_mean_final": speedup.geometric_mean(np.maximum(final, 1e-30)),
         "mean_curve_at": {str(s): float(np.mean(curves[:, s - 1])) for s in (10, 25, 50, 100)},
     }
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import lopt
-from meta_train.evaluation_run import optimizer_digest
-from meta_train.evaluation_summary import SPEEDUP_DEFINITION
+from meta_train.evaluation.run import optimizer_digest
+from meta_train.evaluation.speedup import SPEEDUP_DEFINITION
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "lopt" / "pretrained"
 KEPT = ("kind", "final_train_loss", "final_valid_loss", "learning_rates", "num_at_grid_edge")

@@ -64,8 +64,8 @@ def test_time_budget_stops_checkpoints_and_exports_then_resumes(tmp_path):
     config.task.family = "quadratic"
     config.task.kwargs.dim = 4
     config.optimizer.kwargs = {"hidden_sizes": (4,), "step_mult": 0.01}
-    config.meta_train.num_tasks, config.meta_train.trunc_length = 2, 5
-    config.meta_train.horizon_length, config.meta_train.num_steps = 10, 10**6
+    config.meta_train.num_tasks, config.meta_train.estimator.kwargs.trunc_length = 2, 5
+    config.meta_train.horizon.kwargs.length, config.meta_train.num_steps = 10, 10**6
     config.checkpoint.every = 10**6
     config.eval.enabled = False
     workdir = tmp_path / "run"
@@ -96,7 +96,7 @@ def test_schedule_ceiling_compares_cosine_budgets_with_tuned_adam(tmp_path):
     assert (full["steps"], tenth["steps"]) == (60, 6)
     assert full["final_train_loss"] < tenth["final_train_loss"]  # tuned, 10x the steps must train further
     assert full["reached"] == (full["final_train_loss"] <= result["reference"]["final_train_loss"])
-    assert "largest measured speedup" in done.stdout
+    assert "largest budget ratio" in done.stdout
     bad = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bench_schedule_ceiling.py"), "--fractions", "2"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--fractions must lie in (0, 1]" in bad.stderr

@@ -9,7 +9,9 @@ import pytest
 
 import lopt
 import tasks
-from meta_train import evaluate, evaluation_run
+from meta_train.evaluation import curves as evaluate
+from meta_train.evaluation import run as evaluation_run
+from meta_train.evaluation import speedup
 from tests.helpers import evaluate_cli
 
 
@@ -37,12 +39,12 @@ def test_validation_curves_leave_training_curves_unchanged_and_seeds_vary_runs()
 def test_speedups_and_rate_selection():
     slow = np.linspace(1.0, 0.1, 100)[None]
     fast = np.concatenate([np.linspace(1.0, 0.1, 25), np.full(75, 0.05)])[None]
-    assert evaluate.speedups(slow, slow)[0] == pytest.approx(1.0)
-    assert evaluate.speedups(fast, slow)[0] > 3.0
-    assert evaluate.speedups(slow + 1.0, slow)[0] == 0.0
+    assert speedup.speedups(slow, slow)[0] == pytest.approx(1.0)
+    assert speedup.speedups(fast, slow)[0] > 3.0
+    assert speedup.speedups(slow + 1.0, slow)[0] == 0.0
     dips_then_stalls = np.concatenate([np.full(20, 0.05), np.full(80, 0.6)])[None]
     assert np.mean(dips_then_stalls[0, :10]) <= 0.141  # touches tuned Adam's final loss early, then stays above
-    assert evaluate.speedups(dips_then_stalls, slow)[0] == 0.0
+    assert speedup.speedups(dips_then_stalls, slow)[0] == 0.0
     finals = np.array([[[3.0, 1.0], [1.5, np.nan]], [[1.0, 1.0], [2.0, 0.5]]])  # [seeds, rates, tasks]
     assert evaluate.best_rate_per_task(finals).tolist() == [1, 0]
 
@@ -108,3 +110,26 @@ def test_bad_inputs_are_one_line_errors(tmp_path, export_file, capsys, flag, val
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out" / "units").exists()
+
+
+def test_config_evaluates_each_mixture_family_built_as_meta_training_builds_it(tmp_path, capsys, monkeypatch):
+    config_file = tmp_path / "mixture.py"
+    config_file.write_text(
+        "from meta_train.config import base_config\n\n"
+        "def get_config():\n"
+        "    config = base_config()\n"
+        "    config.task.mixture = {'quad4': {'family': 'quadratic', 'kwargs': {'dim': 4}},\n"
+        "                           'quad6': {'family': 'quadratic', 'kwargs': {'dim': 6}}}\n"
+        "    config.task.reparameterize.levels = ('global',)\n"
+        "    return config\n")
+    built = []
+    original = evaluation_run.build_family
+    monkeypatch.setattr(evaluation_run, "build_family", lambda setting, data_dir="": built.append(
+        original(setting, data_dir)) or built[-1])
+    out = tmp_path / "eval"
+    code, _, err = evaluate_cli(["--config", str(config_file), "--baselines", "adam", "--learning-rates", "1e-2",
+                                 "--num-steps", "5", "--num-tasks", "1", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert set(json.loads((out / "evaluation.json").read_text())["settings"]) == {"quad4", "quad6"}
+    assert sorted(family.dim for family in built) == [4, 6]
+    assert not any(isinstance(family, tasks.ReparameterizedFamily) for family in built)

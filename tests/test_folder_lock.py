@@ -123,7 +123,7 @@ def test_two_processes_lock_the_workdir_once_and_both_stop_when_it_is_held(tmp_p
 
 
 def test_evaluate_refuses_an_output_folder_in_use(tmp_path, capsys):
-    from meta_train import evaluation_cli
+    from meta_train.evaluation import cli as evaluation_cli
 
     holder = FolderLock(tmp_path / "eval", "lopt-evaluate")
     holder.acquire()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,10 @@ import pytest
 
 import lopt
 import tasks
-from meta_train import aggregates, evaluate, evaluation_run, evaluation_summary, report, suites
+from meta_train.evaluation import aggregates, report, speedup, suites
+from meta_train.evaluation import curves as evaluate
+from meta_train.evaluation import run as evaluation_run
+from meta_train.evaluation import summary as evaluation_summary
 from tests.helpers import evaluate_cli
 
 NEW_BASELINES = ("adamw_cosine", "muon", "schedule_free_adamw")
@@ -61,19 +66,23 @@ def test_interquartile_mean_and_bootstrap_interval_of_known_inputs():
 
 
 def test_one_speedup_definition_for_report_and_lopt_evaluate(tmp_path, capsys):
-    assert report.speedups is evaluation_summary.speedups is evaluate.speedups
-    assert not hasattr(evaluate, "first_step_reaching")
+    assert report.speedups is evaluation_summary.speedups is speedup.speedups
+    repo = Path(__file__).resolve().parents[1]
+    defining = sorted(str(path.relative_to(repo)) for folder in ("meta_train", "scripts", "lopt", "tasks")
+                      for path in (repo / folder).rglob("*.py")
+                      if re.search(r"^def (speedups?|first_step\w*)\(", path.read_text(), re.MULTILINE))
+    assert defining == ["meta_train/evaluation/speedup.py"]
     config = ml_collections.ConfigDict({"seed": 0, "eval": {
         "seed": 3, "num_tasks": 2, "num_steps": 40, "final_batches": 2, "baseline": "adam",
         "learning_rates": (1e-2, 1e-1)}})
     run = types.SimpleNamespace(family=tasks.get("quadratic", dim=4),
-                                learned_optimizer=lopt.get("mlp", hidden_sizes=(8,), step_mult=1e-2))
+                                learned_optimizer=lopt.get("small_fc_lopt", hidden_sizes=(8,), step_mult=1e-2))
     optimizer = run.learned_optimizer
     report.evaluate_run(config, run, optimizer.init(jax.random.key(1)), tmp_path)
     assert "speedup over tuned adam" in capsys.readouterr().out
     saved = json.loads((tmp_path / report.EVAL_FILE).read_text())
     curves = saved["curves"]
-    expected = evaluate.speedups(np.asarray(curves["meta_trained"]), np.asarray(curves["tuned_baseline"]))
+    expected = speedup.speedups(np.asarray(curves["meta_trained"]), np.asarray(curves["tuned_baseline"]))
     np.testing.assert_allclose(saved["speedup_to_tuned_baseline_final"], expected)
     assert saved["speedup_definition"] == evaluation_summary.SPEEDUP_DEFINITION
 
@@ -98,7 +107,7 @@ def test_new_baselines_are_registered_and_reduce_a_loss(name):
     baseline = lopt.get(name, learning_rate=0.05)
     assert isinstance(baseline, lopt.HandDesigned)
     assert name in evaluation_run._hand_designed_names()
-    transformation = baseline.optimizer(baseline.init(None), num_steps=100)
+    transformation = baseline.transformation(baseline.init(None), num_steps=100)
     params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,))}
     state = transformation.init(params)
 
@@ -118,7 +127,7 @@ def test_new_baselines_are_registered_and_reduce_a_loss(name):
 def test_schedule_free_losses_are_measured_at_the_averaged_parameters():
     baseline = lopt.get("schedule_free_adamw", learning_rate=0.1)
     params = {"w": jnp.ones((3, 4)), "b": jnp.zeros((4,))}
-    transformation = baseline.optimizer(baseline.init(None), num_steps=10)
+    transformation = baseline.transformation(baseline.init(None), num_steps=10)
     state = transformation.init(params)
     for _ in range(3):
         updates, state = transformation.update(jax.grad(_quadratic_with_matrix)(params), state, params)
