@@ -18,11 +18,11 @@ def get_config():
     config.optimizer.kwargs.step_mult = 1e-2
     config.optimizer.kwargs.exp_mult = 1e-3
     config.meta_train.num_tasks = 8
-    config.meta_train.trunc_length = 20
-    config.meta_train.std = 0.01
-    config.meta_train.horizon = "log_uniform"
-    config.meta_train.horizon_min = 100
-    config.meta_train.horizon_max = 1000
+    config.meta_train.estimator.kwargs.trunc_length = 20
+    config.meta_train.estimator.kwargs.std = 0.01
+    config.meta_train.horizon.name = "log_uniform"
+    config.meta_train.horizon.kwargs.low = 100
+    config.meta_train.horizon.kwargs.high = 1000
     config.meta_train.meta_learning_rate = 1e-3
     config.meta_train.num_steps = 5000
     config.checkpoint.every = 250

@@ -25,10 +25,10 @@ def get_config():
     config.optimizer.kwargs.exp_mult = 1e-3
     config.meta_train.meta_loss = "valid"
     config.meta_train.num_tasks = 8
-    config.meta_train.trunc_length = 20
-    config.meta_train.std = 0.01
-    config.meta_train.horizon = "constant"
-    config.meta_train.horizon_length = 100
+    config.meta_train.estimator.kwargs.trunc_length = 20
+    config.meta_train.estimator.kwargs.std = 0.01
+    config.meta_train.horizon.name = "constant"
+    config.meta_train.horizon.kwargs.length = 100
     config.meta_train.meta_learning_rate = 1e-3
     config.meta_train.num_steps = 2000
     config.checkpoint.every = 250

@@ -29,5 +29,6 @@ def get_config():
     config.meta_train.parallel = "shard_map"
     config.meta_train.host_devices = -1
     config.meta_train.task_map = "map"
-    config.meta_train.meta_lr_decay_steps = config.meta_train.num_steps
+    config.meta_train.meta_lr_schedule.name = "cosine"
+    config.meta_train.meta_lr_schedule.kwargs.decay_steps = config.meta_train.num_steps
     return config

@@ -16,7 +16,8 @@ def get_config():
     config.meta_train.task_map = "map"
     # the meta-learning rate cosine-decays to a tenth over the run; the last meta-params are what is
     # exported and evaluated, and over two seeds each the decayed runs ended ahead (BENCHMARKS.md)
-    config.meta_train.meta_lr_decay_steps = config.meta_train.num_steps
+    config.meta_train.meta_lr_schedule.name = "cosine"
+    config.meta_train.meta_lr_schedule.kwargs.decay_steps = config.meta_train.num_steps
     # small tasks: the meta-step compiles 0.3-0.8 s faster without LLVM's loop unrolling and runs as fast
     config.xla_cpu_loop_unrolling = False
     return config

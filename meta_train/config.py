@@ -1,50 +1,66 @@
-"""Config files for meta-training runs: loading, command-line overrides, validation, and building the run.
+"""Config files for meta-training runs: the schema with its defaults, presets, loading, command-line overrides
+and the checks of the config's own shape.
 
 A config file is a Python file defining `get_config() -> ml_collections.ConfigDict`.
 Overrides look like `--config.meta_train.num_tasks=16`; an unknown key or a value of the
-wrong type is a one-line ConfigError, raised before anything is compiled.
+wrong type is a one-line ConfigError, raised before anything is compiled. Building the run's
+objects from a config is `meta_train.build`; setting up the process (devices, XLA flags,
+multi-host) is `meta_train.launch`.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import importlib.util
 import math
 import os
+import re
 import warnings
 from pathlib import Path
-from typing import Any, List, NamedTuple, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
-import jax
 import ml_collections
-import optax
 
-import lopt
 import tasks
-from meta_train.estimator import Estimator
-from meta_train.horizons import ConstantHorizon, Horizon, LogUniformHorizon
-from meta_train.parallel import (
-    TaskParallelism, force_host_devices, host_device_count, set_cpu_loop_unrolling, with_loop_unrolling,
-)
-from meta_train.evosax_adapter import STRATEGIES as EVOSAX_STRATEGIES
-from meta_train.evosax_adapter import EvosaxEstimator
-from meta_train.full_horizon_es import FullHorizonES
-from meta_train.pes import PES
-from meta_train.truncated_backprop import TruncatedBackprop
-from meta_train.truncated_es import TruncatedES
-from meta_train.trainer import Trainer
 from tasks.reparameterize import RANGES as REPARAMETERIZE_RANGES
 from tasks.reparameterize import check_choices as check_reparameterize_choices
 
-ESTIMATORS = ("pes", "truncated_es", "full_horizon_es", "tbptt", "evosax")
-HORIZON_KINDS = ("constant", "log_uniform")
 TASK_MAPS = ("vmap", "map")
 PARALLEL_MODES = ("none", "shard_map", "pmap")
 
 
 class ConfigError(ValueError):
     """A config file or override is unreadable, names an unknown key, or holds an invalid value."""
+
+
+# Keys that moved; a config or override still using one gets a one-line error naming the new spelling.
+MOVED_KEYS = {
+    "meta_train.trunc_length": "meta_train.estimator.kwargs.trunc_length",
+    "meta_train.std": "meta_train.estimator.kwargs.std",
+    "meta_train.loss_type": "meta_train.estimator.kwargs.loss_type (with meta_train.estimator.name='full_horizon_es')",
+    "meta_train.evosax_strategy": "meta_train.estimator.kwargs.strategy (with meta_train.estimator.name='evosax')",
+    "meta_train.horizon_length": "meta_train.horizon.kwargs.length (with meta_train.horizon.name='constant'); "
+                                "full-horizon ES takes meta_train.estimator.kwargs.horizon_length too",
+    "meta_train.horizon_min": "meta_train.horizon.kwargs.low (with meta_train.horizon.name='log_uniform')",
+    "meta_train.horizon_max": "meta_train.horizon.kwargs.high (with meta_train.horizon.name='log_uniform')",
+    "meta_train.meta_lr_decay_steps": "meta_train.meta_lr_schedule.kwargs.decay_steps "
+                                      "(with meta_train.meta_lr_schedule.name='cosine')",
+    "meta_train.meta_lr_final_fraction": "meta_train.meta_lr_schedule.kwargs.final_fraction "
+                                         "(with meta_train.meta_lr_schedule.name='cosine')",
+}
+# Keys that were a name and are now a group {"name": ..., "kwargs": {...}} selecting from a registry.
+NAMED_GROUPS = ("meta_train.estimator", "meta_train.horizon", "meta_train.meta_lr_schedule")
+
+
+def _named_group(name: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"name": name, "kwargs": ml_collections.ConfigDict()})
+
+
+def moved_key_error(dotted: str) -> "ConfigError":
+    """Returns the one-line error for a key that moved (`dotted` without the `config.` prefix)."""
+    return ConfigError(f"config key {dotted} moved: set {MOVED_KEYS[dotted]} instead")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -58,22 +74,16 @@ def base_config() -> ml_collections.ConfigDict:
         {"family": "mlp_image", "kwargs": ml_collections.ConfigDict(), "mixture": ml_collections.ConfigDict(),
          "reparameterize": ml_collections.ConfigDict({"levels": (), "ranges": tuple(REPARAMETERIZE_RANGES)})}
     )
-    config.optimizer = ml_collections.ConfigDict({"name": "mlp", "kwargs": ml_collections.ConfigDict()})
+    config.optimizer = ml_collections.ConfigDict({"name": "small_fc_lopt", "kwargs": ml_collections.ConfigDict()})
     config.meta_train = ml_collections.ConfigDict(
         {
-            "estimator": "pes",
             "num_tasks": 8,
-            "trunc_length": 20,
-            "std": 0.01,
-            "horizon": "constant",
-            "horizon_length": 200,
-            "horizon_min": 100,
-            "horizon_max": 1000,
+            "estimator": _named_group("pes"),
+            "horizon": _named_group("constant"),
             "meta_loss": "train",
             "max_meta_loss": 10.0,
             "meta_learning_rate": 1e-3,
-            "meta_lr_decay_steps": 0,
-            "meta_lr_final_fraction": 0.1,
+            "meta_lr_schedule": _named_group("constant"),
             "grad_clip": 1.0,
             "num_steps": 1000,
             "task_map": "vmap",
@@ -82,8 +92,6 @@ def base_config() -> ml_collections.ConfigDict:
             "num_devices": 0,
             "host_devices": 0,
             "accumulate": 1,
-            "loss_type": "mean",
-            "evosax_strategy": "PersistentES",
         }
     )
     config.distributed = ml_collections.ConfigDict(
@@ -111,7 +119,7 @@ def quadratic_experiment(optimizer: str, **optimizer_kwargs: Any) -> ml_collecti
     config.task.family = "quadratic"
     config.task.kwargs = ml_collections.ConfigDict({"dim": 10, "min_condition": 1.0, "max_condition": 1e4})
     _set_optimizer(config, optimizer, optimizer_kwargs)
-    config.meta_train.horizon_length = 100
+    config.meta_train.horizon.kwargs.length = 100
     config.meta_train.meta_learning_rate = 3e-3
     config.meta_train.num_steps = 2000
     config.checkpoint.every = 250
@@ -127,7 +135,7 @@ def digits_mlp_experiment(optimizer: str, **optimizer_kwargs: Any) -> ml_collect
         {"dataset": "digits", "hidden": (32, 32), "image_size": 8, "batch_size": 128}
     )
     _set_optimizer(config, optimizer, optimizer_kwargs)
-    config.meta_train.horizon_length = 200
+    config.meta_train.horizon.kwargs.length = 200
     config.meta_train.meta_learning_rate = 3e-3
     config.meta_train.num_steps = 1500
     config.checkpoint.every = 250
@@ -150,13 +158,29 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - report any error in the user's file on one line
-        raise ConfigError(f"config file {path} failed to load: {type(err).__name__}: {err}") from None
+        raise ConfigError(f"config file {path} failed to load: {_named_group_hint(err) or f'{type(err).__name__}: {err}'}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except Exception as err:  # noqa: BLE001 - report any error in the user's get_config on one line
+        hint = _named_group_hint(err)
+        if not hint:
+            raise
+        raise ConfigError(f"config file {path}: {hint}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")
     return config
+
+
+def _named_group_hint(err: Exception) -> str:
+    """The new spelling, when `err` is ml_collections refusing a name assigned to a group that selects from a registry."""
+    found = re.search(r"Could not override field '(\w+)'", str(err))
+    if not found or f"meta_train.{found.group(1)}" not in NAMED_GROUPS:
+        return ""
+    key = f"meta_train.{found.group(1)}"
+    return (f"config.{key} is a group now: set config.{key}.name = NAME and its settings in "
+            f"config.{key}.kwargs")
 
 
 def _parse_value(text: str) -> Any:
@@ -185,9 +209,15 @@ def _coerce(value: Any, current: Any, dotted: str) -> Any:
 def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
     """Sets `config.<dotted>` from the command-line text `text`, checking the key exists and the type fits."""
     parts = dotted.split(".")
+    if dotted in MOVED_KEYS:
+        raise moved_key_error(dotted)
     node = config
     for depth, part in enumerate(parts):
         known = list(node.keys())
+        if part not in known and depth == len(parts) - 1 and depth > 0 and parts[depth - 1] == "kwargs":
+            with node.unlocked():
+                node[part] = _parse_value(text)  # constructor arguments are the user's: any name, checked when built
+            return
         if part not in known:
             where = ".".join(parts[:depth]) or "config"
             close = difflib.get_close_matches(part, known, n=1)
@@ -200,6 +230,9 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
     leaf = parts[-1]
     current = node[leaf]
     if isinstance(current, ml_collections.ConfigDict):
+        if dotted in NAMED_GROUPS:
+            raise ConfigError(f"--config.{dotted} is a group now: set --config.{dotted}.name={text} "
+                              f"and its settings as --config.{dotted}.kwargs.KEY=VALUE")
         raise ConfigError(f"--config.{dotted} is a group; set one of its keys: {', '.join(sorted(current.keys()))}")
     with node.unlocked():
         node[leaf] = _coerce(_parse_value(text), current, dotted)
@@ -233,6 +266,8 @@ def _require(condition: bool, message: str) -> None:
 
 def _check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str) -> None:
     for key in config.keys():
+        if f"{prefix}{key}"[len("config."):] in MOVED_KEYS:
+            raise moved_key_error(f"{prefix}{key}"[len("config."):])
         if key not in reference:
             close = difflib.get_close_matches(key, list(reference.keys()), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -248,8 +283,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(isinstance(config.xla_cpu_loop_unrolling, bool),
              f"xla_cpu_loop_unrolling must be True or False, got {config.xla_cpu_loop_unrolling!r}")
     mt = config.meta_train
-    _require(mt.estimator in ESTIMATORS, f"meta_train.estimator must be one of {ESTIMATORS}, got {mt.estimator!r}")
-    _require(mt.horizon in HORIZON_KINDS, f"meta_train.horizon must be one of {HORIZON_KINDS}, got {mt.horizon!r}")
+    for key in NAMED_GROUPS:
+        group = config[key.split(".")[0]][key.split(".")[1]]
+        _require(isinstance(group.get("name"), str) and isinstance(group.get("kwargs"), ml_collections.ConfigDict),
+                 f"config.{key} must hold a 'name' and a 'kwargs' group")
     _require(mt.parallel in PARALLEL_MODES, f"meta_train.parallel must be one of {PARALLEL_MODES}, got {mt.parallel!r}")
     _require(mt.num_devices >= 0, f"meta_train.num_devices must be >= 0 (0 = all visible), got {mt.num_devices}")
     _require(mt.host_devices >= -1,
@@ -259,28 +296,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "'shard_map' (or 'pmap'); set it, or host_devices=0")
     _require(mt.task_map in TASK_MAPS, f"meta_train.task_map must be one of {TASK_MAPS}, got {mt.task_map!r}")
     _require(mt.meta_loss in ("train", "valid"), f"meta_train.meta_loss must be 'train' or 'valid', got {mt.meta_loss!r}")
-    for key in ("num_tasks", "trunc_length", "num_steps"):
+    for key in ("num_tasks", "num_steps"):
         _require(int(mt[key]) >= 1, f"meta_train.{key} must be >= 1, got {mt[key]}")
-    for key in ("std", "meta_learning_rate", "grad_clip", "max_meta_loss"):
+    for key in ("meta_learning_rate", "grad_clip", "max_meta_loss"):
         _require(float(mt[key]) > 0 and math.isfinite(float(mt[key])), f"meta_train.{key} must be positive, got {mt[key]}")
     _require(mt.accumulate >= 1, f"meta_train.accumulate must be >= 1, got {mt.accumulate}")
-    _require(int(mt.meta_lr_decay_steps) >= 0,
-             f"meta_train.meta_lr_decay_steps must be >= 0 (0: constant rate), got {mt.meta_lr_decay_steps}")
-    _require(0.0 < float(mt.meta_lr_final_fraction) <= 1.0,
-             f"meta_train.meta_lr_final_fraction must lie in (0, 1], got {mt.meta_lr_final_fraction}")
-    if mt.estimator == "full_horizon_es":
-        _require(mt.horizon == "constant", "meta_train.estimator='full_horizon_es' needs meta_train.horizon='constant'")
-        _require(mt.loss_type in ("mean", "last"), f"meta_train.loss_type must be 'mean' or 'last', got {mt.loss_type!r}")
-    if mt.estimator == "evosax":
-        _require(mt.evosax_strategy in EVOSAX_STRATEGIES,
-                 f"meta_train.evosax_strategy must be one of {tuple(EVOSAX_STRATEGIES)}, got {mt.evosax_strategy!r}")
-    minimum = mt.horizon_length if mt.horizon == "constant" else mt.horizon_min
-    _require(
-        mt.estimator == "full_horizon_es" or minimum >= mt.trunc_length,
-        f"the shortest inner run ({minimum} steps) must be >= meta_train.trunc_length ({mt.trunc_length})",
-    )
-    if mt.horizon == "log_uniform":
-        _require(mt.horizon_min <= mt.horizon_max, f"meta_train.horizon_min ({mt.horizon_min}) > horizon_max ({mt.horizon_max})")
     parse_phases(mt.phases, mt.num_steps)
     _require(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1")
     _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
@@ -319,32 +339,6 @@ def phase_at(schedule: Sequence[Tuple[str, int]], step: int) -> str:
     return current
 
 
-def _kwargs(group: ml_collections.ConfigDict) -> dict:
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in group.to_dict().items()}
-
-
-def build_family(config: ml_collections.ConfigDict) -> Any:
-    """Returns the task family named in `config.task`, or the list of families of `config.task.mixture`.
-
-    `config.data_dir` is passed on to families that take a `data_dir`. A mixture maps entry
-    names to `{"family": NAME, "kwargs": {...}}`; each family gets its own batch of tasks.
-    `config.task.reparameterize` (levels, ranges; empty levels = off) wraps the family, or each
-    mixture entry that sets no `reparameterize` of its own, in `tasks.reparameterize`.
-    """
-    if len(config.task.mixture):
-        families = []
-        for entry_name, entry in config.task.mixture.items():
-            unknown = sorted(set(entry.keys()) - {"family", "kwargs", "reparameterize"})
-            _require(isinstance(entry, ml_collections.ConfigDict) and "family" in entry and not unknown,
-                     f"config.task.mixture.{entry_name} must hold 'family' and optionally 'kwargs', 'reparameterize'"
-                     + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
-            families.append(_one_family(config, entry.family, entry.get("kwargs", ml_collections.ConfigDict()),
-                                        f"config.task.mixture.{entry_name}",
-                                        entry.get("reparameterize", config.task.reparameterize)))
-        return families
-    return _one_family(config, config.task.family, config.task.kwargs, "config.task", config.task.reparameterize)
-
-
 def reparameterize_choices(group: Any, where: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]] | None:
     """Returns the (levels, ranges) a `reparameterize` config group selects, or None when its levels are empty (off)."""
     _require(isinstance(group, ml_collections.ConfigDict) and not set(group.keys()) - {"levels", "ranges"},
@@ -358,163 +352,20 @@ def reparameterize_choices(group: Any, where: str) -> Tuple[Tuple[str, ...], Tup
         raise ConfigError(f"{where}: {err}") from None
 
 
-def _one_family(config: ml_collections.ConfigDict, name: str, kwargs_group: Any, where: str,
-                reparameterize_group: Any) -> tasks.TaskFamily:
-    kwargs = _kwargs(kwargs_group) if isinstance(kwargs_group, ml_collections.ConfigDict) else dict(kwargs_group)
-    data_dir = config.data_dir or os.environ.get("LOPT_DATA_DIR", "")
-    if data_dir and "data_dir" not in kwargs and tasks.accepts_argument(name, "data_dir"):
-        kwargs["data_dir"] = data_dir
-    choices = reparameterize_choices(reparameterize_group, f"{where}.reparameterize")
-    try:
-        family = tasks.get(name, **kwargs)
-    except tasks.TaskError as err:
-        raise ConfigError(f"{where}: {err}") from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: cannot build {name!r}: {err}") from None
-    return family if choices is None else tasks.reparameterize(family, *choices)
+
+# Names that moved to meta_train.build and meta_train.launch; the old paths work for one release.
+_MOVED_NAMES = {
+    "build": "meta_train.build", "build_family": "meta_train.build", "build_optimizer": "meta_train.build",
+    "build_horizon": "meta_train.build", "build_estimator": "meta_train.build", "build_parallelism": "meta_train.build",
+    "build_meta_optimizer": "meta_train.build", "Run": "meta_train.build",
+    "initialize_distributed": "meta_train.launch", "apply_cpu_loop_unrolling": "meta_train.launch",
+    "apply_host_devices": "meta_train.launch",
+}
 
 
-def build_optimizer(config: ml_collections.ConfigDict) -> lopt.LearnedOptimizer:
-    """Returns the learned optimizer named in `config.optimizer`."""
-    try:
-        return lopt.get(config.optimizer.name, **_kwargs(config.optimizer.kwargs))
-    except (lopt.LearnedOptimizerError, TypeError, ValueError) as err:
-        raise ConfigError(f"config.optimizer: {err}") from None
-
-
-def build_horizon(config: ml_collections.ConfigDict) -> Horizon:
-    """Returns the inner-run length schedule of `config.meta_train`."""
-    mt = config.meta_train
-    if mt.horizon == "constant":
-        return ConstantHorizon(mt.horizon_length)
-    return LogUniformHorizon(mt.horizon_min, mt.horizon_max)
-
-
-def build_estimator(config: ml_collections.ConfigDict) -> Estimator:
-    """Returns the meta-gradient estimator of `config.meta_train`."""
-    mt = config.meta_train
-    common = {"num_tasks": mt.num_tasks, "task_map": mt.task_map}
-    try:
-        if mt.estimator == "pes":
-            return PES(trunc_length=mt.trunc_length, std=mt.std, **common)
-        if mt.estimator == "truncated_es":
-            return TruncatedES(trunc_length=mt.trunc_length, std=mt.std, **common)
-        if mt.estimator == "tbptt":
-            return TruncatedBackprop(trunc_length=mt.trunc_length, **common)
-        if mt.estimator == "full_horizon_es":
-            return FullHorizonES(horizon_length=mt.horizon_length, std=mt.std, loss_type=mt.loss_type, **common)
-        return EvosaxEstimator(mt.evosax_strategy, trunc_length=mt.trunc_length, std=mt.std, **common)
-    except ValueError as err:
-        raise ConfigError(f"config.meta_train: {err}") from None
-
-
-def build_parallelism(config: ml_collections.ConfigDict) -> TaskParallelism:
-    """Returns how the task axis is spread over devices (`meta_train.parallel`, `meta_train.num_devices`)."""
-    mt = config.meta_train
-    try:
-        parallelism = TaskParallelism(mt.parallel, mt.num_devices or None)
-        parallelism.check_num_tasks(mt.num_tasks)
-    except ValueError as err:
-        raise ConfigError(f"config.meta_train: {err}") from None
-    return parallelism
-
-
-def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """Joins JAX's multi-process runtime when `distributed.enabled`; unset fields come from the environment.
-
-    Must run before anything touches a device.
-    """
-    settings = config.distributed
-    if not settings.enabled:
-        return
-    kwargs = {}
-    if settings.coordinator_address:
-        kwargs["coordinator_address"] = settings.coordinator_address
-    if settings.num_processes > 0:
-        kwargs["num_processes"] = settings.num_processes
-    if settings.process_id >= 0:
-        kwargs["process_id"] = settings.process_id
-    try:
-        jax.distributed.initialize(**kwargs)
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"config.distributed: could not join the multi-process runtime: {err}") from None
-
-
-def apply_cpu_loop_unrolling(config: ml_collections.ConfigDict) -> bool:
-    """Sets XLA:CPU's loop unrolling for this process from `config.xla_cpu_loop_unrolling` (see
-    parallel.set_cpu_loop_unrolling); returns whether the setting is in effect.
-
-    Must run before anything touches a device; in a process whose backend has already started
-    (a notebook, a test) a change cannot take effect and a warning says so.
-    """
-    enabled = bool(config.xla_cpu_loop_unrolling)
-    if set_cpu_loop_unrolling(enabled):
-        return True
-    warnings.warn(
-        f"xla_cpu_loop_unrolling={enabled} has no effect: JAX's backend already started in this process; "
-        f"set XLA_FLAGS={with_loop_unrolling(os.environ.get('XLA_FLAGS', ''), enabled)!r} before starting it",
-        stacklevel=2,
-    )
-    return False
-
-
-def apply_host_devices(config: ml_collections.ConfigDict) -> int:
-    """Splits the CPU into `meta_train.host_devices` XLA devices (see parallel.force_host_devices); returns the
-    device count JAX then has.
-
-    Must run before anything touches a device. With -1 (one per core) in a process whose backend
-    has already started, the devices it has are kept; an explicit count that can no longer be
-    set is a ConfigError.
-    """
-    mt = config.meta_train
-    if mt.host_devices == 0:
-        return jax.device_count()
-    count = host_device_count(int(mt.host_devices), int(mt.num_tasks))
-    try:
-        force_host_devices(count)
-    except RuntimeError as err:
-        if mt.host_devices != -1:
-            raise ConfigError(f"meta_train.host_devices={mt.host_devices}: {err}") from None
-    return jax.device_count()
-
-
-def build_meta_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Returns Adam with global-norm gradient clipping; its rate is constant, or cosine-decays over
-    `meta_lr_decay_steps` meta-steps to `meta_lr_final_fraction` of `meta_learning_rate` and stays there."""
-    mt = config.meta_train
-    rate = float(mt.meta_learning_rate)
-    if int(mt.meta_lr_decay_steps) > 0:
-        rate = optax.cosine_decay_schedule(rate, int(mt.meta_lr_decay_steps), float(mt.meta_lr_final_fraction))
-    return optax.chain(optax.clip_by_global_norm(mt.grad_clip), optax.adam(rate))
-
-
-class Run(NamedTuple):
-    """The objects a config describes."""
-
-    family: tasks.TaskFamily
-    learned_optimizer: lopt.LearnedOptimizer
-    trainer: Trainer
-
-
-def build(config: ml_collections.ConfigDict) -> Run:
-    """Validates `config` and returns the family, learned optimizer and trainer it describes."""
-    validate(config)
-    family = build_family(config)
-    optimizer = build_optimizer(config)
-    trainer = Trainer(
-        family,
-        optimizer,
-        estimator=build_estimator(config),
-        horizon=build_horizon(config),
-        meta_optimizer=build_meta_optimizer(config),
-        meta_loss=config.meta_train.meta_loss,
-        max_meta_loss=config.meta_train.max_meta_loss,
-        parallelism=build_parallelism(config),
-        accumulate=config.meta_train.accumulate,
-    )
-    for name, _ in parse_phases(config.meta_train.phases, config.meta_train.num_steps):
-        try:
-            optimizer.trainable_mask(optimizer.init(jax.random.key(0)), name)
-        except (lopt.LearnedOptimizerError, ValueError) as err:
-            raise ConfigError(f"config.meta_train.phases: {err}") from None
-    return Run(family, optimizer, trainer)
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_NAMES:
+        warnings.warn(f"meta_train.config.{name} moved to {_MOVED_NAMES[name]}.{name}; the old path goes in the next "
+                      "release", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED_NAMES[name]), name)
+    raise AttributeError(f"module 'meta_train.config' has no attribute {name!r}")

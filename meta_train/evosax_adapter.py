@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from meta_train.estimator import Estimator
+from meta_train.registry import register_estimator
 from meta_train.unroll import TaskState, TruncatedUnroll, truncation_metrics
 
 Array = jax.Array
@@ -49,6 +50,7 @@ class EvosaxState(NamedTuple):
     strategy: Any
 
 
+@register_estimator("evosax")
 class EvosaxEstimator(Estimator):
     """Adapter running an evosax strategy with population 2 * num_tasks over truncated unrolls."""
 

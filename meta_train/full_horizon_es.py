@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from meta_train.estimator import Estimator
+from meta_train.registry import register_estimator
 from meta_train.pes import antithetic_particles, sample_perturbations
 from meta_train.unroll import TruncatedUnroll, truncation_metrics
 
@@ -16,6 +17,7 @@ Array = jax.Array
 LOSS_TYPES = ("mean", "last")
 
 
+@register_estimator("full_horizon_es")
 class FullHorizonES(Estimator):
     """Antithetic ES where each meta-step trains `num_tasks` new tasks for the whole horizon.
 

@@ -7,6 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from meta_train.registry import register_horizon
+
 Array = jax.Array
 
 
@@ -30,10 +32,11 @@ class Horizon:
         return jax.random.randint(cut_key, (), 1, full + 1, dtype=jnp.int32)
 
 
+@register_horizon("constant")
 class ConstantHorizon(Horizon):
     """Every inner run lasts exactly `length` steps."""
 
-    def __init__(self, length: int, stagger: bool = True):
+    def __init__(self, length: int = 200, stagger: bool = True):
         self.stagger = bool(stagger)
         if int(length) < 1:
             raise ValueError(f"horizon length must be >= 1, got {length}")
@@ -49,10 +52,11 @@ class ConstantHorizon(Horizon):
         return f"ConstantHorizon({self.length})"
 
 
+@register_horizon("log_uniform")
 class LogUniformHorizon(Horizon):
     """Inner-run lengths drawn log-uniformly from [low, high]."""
 
-    def __init__(self, low: int, high: int, stagger: bool = True):
+    def __init__(self, low: int = 100, high: int = 1000, stagger: bool = True):
         self.stagger = bool(stagger)
         if not 1 <= int(low) <= int(high):
             raise ValueError(f"need 1 <= low <= high for a log-uniform horizon, got low={low}, high={high}")

@@ -123,6 +123,15 @@ class TaskParallelism:
         self.num_devices = 1 if mode == "none" else count
         self.mesh = Mesh(np.asarray(jax.devices()[:count]), (TASK_AXIS,)) if mode != "none" else None
 
+    @classmethod
+    def over_visible_devices(cls, num_tasks: int) -> "TaskParallelism":
+        """Returns shard_map over as many of this process's devices as divide `num_tasks` evenly, or 'none' when
+        that is one device (what a Trainer built without `parallelism` uses)."""
+        if jax.process_count() > 1:
+            return cls()
+        count = max(d for d in range(1, min(jax.device_count(), int(num_tasks)) + 1) if int(num_tasks) % d == 0)
+        return cls("shard_map", count) if count > 1 else cls()
+
     def check_num_tasks(self, num_tasks: int) -> None:
         """Raises ValueError unless the tasks split evenly over the devices."""
         if num_tasks % self.num_devices:

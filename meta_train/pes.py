@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from meta_train.estimator import Estimator
+from meta_train.registry import register_estimator
 from meta_train.unroll import TaskState, TruncatedUnroll, truncation_metrics
 
 Array = jax.Array
@@ -55,6 +56,7 @@ def split_by_first_reset(step_values: Array, resets: Array) -> Tuple[Array, Arra
     )
 
 
+@register_estimator("pes")
 class PES(Estimator):
     """Antithetic PES. Each task keeps the sum of perturbations applied in its current inner run.
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -22,11 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 from lopt import export
+from meta_train import build as build_lib
 from meta_train import config as config_lib
-from meta_train import report
+from meta_train import launch
 from meta_train.meta_loss_plot import PLOT_FILE, plot_meta_loss
 from meta_train.checkpoint import CheckpointError, Checkpointer, to_host
-from meta_train.files import write_text_atomic
+from meta_train.files import WorkdirError, prepare_workdir, tree_digest, write_text_atomic  # noqa: F401 - public here too
 from meta_train.folder_lock import FolderLockedError, folder_lock
 from meta_train.interruption import StopRequest, exit_status
 from meta_train.trainer import place_state
@@ -36,22 +35,6 @@ CONFIG_FILE = "config.json"
 EXPORT_FILE = "optimizer.lopt"
 TIME_FILE = "train_seconds.json"
 COMPILE_CACHE_DIR = "compile_cache"
-
-
-class WorkdirError(OSError):
-    """The workdir cannot be created or written to."""
-
-
-def prepare_workdir(workdir: str | os.PathLike) -> Path:
-    """Creates `workdir` if needed and checks it is writable, before any training starts."""
-    path = Path(workdir).absolute()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_probe"):
-            pass
-    except OSError as err:
-        raise WorkdirError(f"workdir {path} is not writable: {err.strerror or err}") from None
-    return path
 
 
 def _scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
@@ -165,13 +148,13 @@ def meta_train(
 
 def _meta_train(config, workdir, show_progress, max_seconds, stop) -> Dict[str, Any]:
     invoked = time.perf_counter()
-    config_lib.initialize_distributed(config)
+    launch.initialize_distributed(config)
     if stop is not None:
         stop.reclaim_signals()
     config_lib.validate(config)
-    config_lib.apply_cpu_loop_unrolling(config)
-    config_lib.apply_host_devices(config)
-    run = config_lib.build(config)
+    launch.apply_cpu_loop_unrolling(config)
+    launch.apply_host_devices(config)
+    run = build_lib.build(config)
     workdir = prepare_workdir(workdir)
     with folder_lock(workdir, "lopt-meta-train", primary=jax.process_index() == 0, all_agree=_all_agree) as lock:
         if stop is not None and lock is not None:
@@ -288,18 +271,10 @@ def _train(config, run, workdir, lock, stop, invoked, show_progress, max_seconds
                "meta_params_sha256": tree_digest(meta_params), "process_index": jax.process_index(),
                "interrupted_by": None}
     if config.eval.enabled and primary:
-        summary["evaluation"] = report.evaluate_run(config, run, meta_params, workdir)
+        from meta_train.evaluation.report import evaluate_run
+
+        summary["evaluation"] = evaluate_run(config, run, meta_params, workdir)
     return summary
-
-
-def tree_digest(tree: Any) -> str:
-    """Returns a SHA-256 over the bytes, shapes and dtypes of every leaf: equal digests mean bit-identical trees."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        leaf = np.ascontiguousarray(leaf)
-        digest.update(f"{leaf.dtype}{leaf.shape}".encode())
-        digest.update(leaf.tobytes())
-    return digest.hexdigest()
 
 
 RESUMABLE_CHANGES = {
@@ -325,7 +300,7 @@ def export_workdir(workdir: str | os.PathLike, out: Optional[str | os.PathLike] 
         raise config_lib.ConfigError(f"{workdir} is not a meta-training workdir (no {CONFIG_FILE})")
     config = config_lib.base_config()
     config.update_from_flattened_dict(_flatten(json.loads(saved_config.read_text())))
-    run = config_lib.build(config)
+    run = build_lib.build(config)
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.keep)
     if checkpointer.latest_step() is None:
         raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'} to export")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -64,13 +64,29 @@ def place_state(state: "TrainerState", parallelism: TaskParallelism, estimator: 
     return jax.tree.map(place, prefix, state, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
+def numbered_labels(names: Sequence[str]) -> List[str]:
+    """Returns `names` with repeats numbered (`a`, `a-2`, ...), so every family of a mixture has its own metrics."""
+    labels: List[str] = []
+    for name in names:
+        label, count = str(name), 2
+        while label in labels:
+            label, count = f"{name}-{count}", count + 1
+        labels.append(label)
+    return labels
+
+
 class Trainer:
     """Meta-trains `learned_optimizer` on `family` with `estimator` and `meta_optimizer`.
 
     `family` may also be a sequence of families: each gets its own batch of `num_tasks`
     tasks (vmapped separately, since shapes differ between families) and its own estimator
     state; the meta-gradient is the mean over families, and the metrics add
-    `meta_loss/<family name>`.
+    `meta_loss/<label>` per family: `family_labels` (a config's mixture entry names), else the
+    families' names with repeats numbered.
+
+    Without `parallelism`, the tasks are spread with shard_map over as many visible devices as
+    divide `num_tasks` (one device: no spreading); `meta_train.launch.use_all_cores()`, called
+    before JAX starts, makes one device per CPU core.
 
     A non-finite meta-gradient is not applied (the step still advances the inner runs) and
     is counted in the metrics as `skipped_update`. Normalised losses above `max_meta_loss`
@@ -89,18 +105,23 @@ class Trainer:
         max_meta_loss: float = 10.0,
         parallelism: Optional[TaskParallelism] = None,
         accumulate: int = 1,
+        family_labels: Optional[Sequence[str]] = None,
     ):
         if int(accumulate) < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         self.accumulate = int(accumulate)
         check_truncation(horizon, estimator.trunc_length)
-        self.parallelism = parallelism or TaskParallelism()
+        self.parallelism = parallelism or TaskParallelism.over_visible_devices(estimator.num_tasks)
         self.parallelism.check_num_tasks(estimator.num_tasks)
         self.mixture = isinstance(family, (list, tuple))
         families = tuple(family) if self.mixture else (family,)
         if not families:
             raise ValueError("a mixture needs at least one task family")
-        self.family_names = [getattr(f, "name", type(f).__name__) for f in families]
+        names = list(family_labels) if family_labels is not None else [getattr(f, "name", type(f).__name__)
+                                                                        for f in families]
+        if len(names) != len(families):
+            raise ValueError(f"family_labels names {len(names)} families, the trainer has {len(families)}")
+        self.family_names = numbered_labels(names)
         family = families if self.mixture else family
         self.family = place_replicated(family, self.parallelism.replicated_sharding())
         self.learned_optimizer = learned_optimizer

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from meta_train.estimator import Estimator
+from meta_train.registry import register_estimator
 from meta_train.unroll import TaskState, TruncatedUnroll, map_over_tasks, truncation_metrics
 
 Array = jax.Array
@@ -31,6 +32,7 @@ def single_particle(meta_params: Any, num_tasks: int) -> Any:
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_tasks, 1) + jnp.shape(x)), meta_params)
 
 
+@register_estimator("tbptt")
 class TruncatedBackprop(Estimator):
     """Gradient of the mean meta-loss over one truncation of every task, by backpropagation through the unroll."""
 

@@ -8,11 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from meta_train.pes import PES, PESState
+from meta_train.registry import register_estimator
 from meta_train.unroll import TruncatedUnroll
 
 Array = jax.Array
 
 
+@register_estimator("truncated_es")
 class TruncatedES(PES):
     """Antithetic ES over one truncation: g = mean_tasks((L+ - L-) * eps) / (2 std^2).
 

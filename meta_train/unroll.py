@@ -93,7 +93,7 @@ class TruncatedUnroll:
         num_particles = jax.tree.leaves(particle_meta_params)[0].shape[0]
 
         def init_opt_state(theta):
-            return self.learned_optimizer.optimizer(theta, num_steps=horizon).init(params)
+            return self.learned_optimizer.transformation(theta, num_steps=horizon).init(params)
 
         opt_state = jax.vmap(init_opt_state)(particle_meta_params)
         stacked_params = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_particles,) + p.shape), params)
@@ -115,7 +115,7 @@ class TruncatedUnroll:
             valid_batch = task.sample_batch(valid_key, "valid") if self.meta_loss == "valid" else None
 
             def particle_step(theta, params, opt_state):
-                transformation = self.learned_optimizer.optimizer(theta, num_steps=state.horizon)
+                transformation = self.learned_optimizer.transformation(theta, num_steps=state.horizon)
                 loss, grads = jax.value_and_grad(task.loss)(params, loss_key, batch)
                 updates, opt_state = transformation.update(grads, opt_state, params, loss=loss)
                 params = optax.apply_updates(params, updates)

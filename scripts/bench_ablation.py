@@ -50,7 +50,7 @@ def row_config_source(change: str, meta_steps: Optional[int] = None) -> str:
     and, given `meta_steps`, a run of that many meta-steps whose meta-learning rate decays over them."""
     if meta_steps is not None:
         change = (change + "\n" if change else "") + (f"config.meta_train.num_steps = {meta_steps}\n"
-                                                       f"config.meta_train.meta_lr_decay_steps = {meta_steps}")
+                                                       f"config.meta_train.meta_lr_schedule.kwargs.decay_steps = {meta_steps}")
     body = textwrap.indent(change or "pass", "    ")
     return (
         '"""configs/generalist.py with one ablation change (written by scripts/bench_ablation.py)."""\n'

@@ -197,7 +197,7 @@ def evaluate_problem(problem: Problem, exports: Dict[str, Any], seeds: Sequence[
         result["optimizers"][name] = {"final_loss": final, "ratio_to_tuned_adam": final / reference}
         result["curves"][name] = np.mean(curves, axis=0)
         if tunable(loaded):
-            rebuilt = lambda rate: type(loaded.optimizer)(**{**loaded.config, "learning_rate": rate}).optimizer(
+            rebuilt = lambda rate: type(loaded.optimizer)(**{**loaded.config, "learning_rate": rate}).transformation(
                 loaded.meta_params, num_steps=problem.num_steps)
             rate, final, curve = tuned_curves(problem, rebuilt, seeds)
             result["optimizers"][f"{name} (lr tuned)"] = {"final_loss": final, "ratio_to_tuned_adam": final / reference,

@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Optional
 import ml_collections
 
 from meta_train import config as config_lib
-from meta_train import evaluation_run, run
+from meta_train import run
+from meta_train.evaluation import run as evaluation_run
 from meta_train.files import write_text_atomic
 
 ID_TARGET = 3.0
@@ -88,19 +89,21 @@ def meta_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     if args.time_scales:
         config.optimizer.kwargs.time_scales = tuple(args.time_scales)
     mt = config.meta_train
-    mt.estimator = "pes"
+    mt.estimator.name = "pes"
     mt.num_tasks = args.num_tasks
-    mt.trunc_length = args.trunc_length
-    mt.std = args.std
+    mt.estimator.kwargs = ml_collections.ConfigDict({"trunc_length": args.trunc_length, "std": args.std})
     if args.host_devices != 1:
         mt.parallel, mt.host_devices = "shard_map", args.host_devices
     if args.horizon_min == args.horizon_max:
-        mt.horizon, mt.horizon_length = "constant", args.horizon_max
+        mt.horizon.name, mt.horizon.kwargs = "constant", ml_collections.ConfigDict({"length": args.horizon_max})
     else:
-        mt.horizon, mt.horizon_min, mt.horizon_max = "log_uniform", args.horizon_min, args.horizon_max
+        mt.horizon.name = "log_uniform"
+        mt.horizon.kwargs = ml_collections.ConfigDict({"low": args.horizon_min, "high": args.horizon_max})
     mt.meta_learning_rate = args.meta_lr
-    mt.meta_lr_decay_steps = args.meta_lr_decay_steps
-    mt.meta_lr_final_fraction = args.meta_lr_final_fraction
+    if args.meta_lr_decay_steps:
+        mt.meta_lr_schedule.name = "cosine"
+        mt.meta_lr_schedule.kwargs = ml_collections.ConfigDict(
+            {"decay_steps": args.meta_lr_decay_steps, "final_fraction": args.meta_lr_final_fraction})
     mt.num_steps = 10_000_000
     config.checkpoint.every = 200
     config.log_every = 20

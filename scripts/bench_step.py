@@ -3,7 +3,7 @@
 Prints per-step medians and the ratio learned / Adam measured side by side in one run, plus
 optimizer-state bytes per parameter, and writes everything to a JSON file.
 
-    python scripts/bench_step.py --out benchmarks/step_cpu.json
+    python scripts/bench_step.py --out benchmarks/step_all_optimizers_cpu.json
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Runner:
     """One optimizer on one model: a jitted step and its live state."""
 
     def __init__(self, optimizer, sizes, x, y, compiler_options=None):
-        tx = optimizer.optimizer(optimizer.init(jax.random.key(0)), num_steps=10_000)
+        tx = optimizer.transformation(optimizer.init(jax.random.key(0)), num_steps=10_000)
         self.params = init_mlp(jax.random.key(1), sizes)
         self.num_params = sum(p.size for p in jax.tree.leaves(self.params))
         self.opt_state = jax.tree.map(lambda x: jnp.array(x, copy=True), tx.init(self.params))  # donation needs distinct buffers

@@ -77,13 +77,13 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def export_file(tmp_path_factory) -> Path:
-    """An untrained `mlp` learned optimizer (hidden (8,), step_mult 1e-2) saved as an export file."""
+    """An untrained `small_fc_lopt` learned optimizer (hidden (8,), step_mult 1e-2) saved as an export file."""
     # Imported here, not at the top, so that JAX starts only after XLA_FLAGS below is set.
     import jax
 
     import lopt
 
-    optimizer = lopt.get("mlp", hidden_sizes=(8,), step_mult=1e-2)
+    optimizer = lopt.get("small_fc_lopt", hidden_sizes=(8,), step_mult=1e-2)
     path = tmp_path_factory.mktemp("export") / "tiny.lopt"
     lopt.save(path, optimizer, optimizer.init(jax.random.key(0)), {"note": "untrained"})
     return path

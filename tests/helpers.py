@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from lopt.base import LearnedOptimizer
-from meta_train.evaluation_cli import main as evaluation_main
+from meta_train.evaluation.cli import main as evaluation_main
 from tasks.base import Task, TaskFamily
 
 
@@ -39,6 +39,7 @@ class FixedQuadraticFamily(TaskFamily):
     """A family whose every sample is the same quadratic, so every task's trajectory is identical."""
 
     name = "fixed_quadratic"
+    data_fields = ("scales",)
 
     def __init__(self, dim: int = 4):
         self.scales = jnp.logspace(-1.0, 0.5, dim)
@@ -66,7 +67,7 @@ class MomentumLOpt(LearnedOptimizer):
             "momentum_logit": jnp.log(jnp.asarray(self.momentum / (1 - self.momentum), jnp.float32)),
         }
 
-    def optimizer(self, meta_params, *, num_steps=None):
+    def transformation(self, meta_params, *, num_steps=None):
         del num_steps
         lr = jnp.exp(meta_params["log_lr"])
         beta = jax.nn.sigmoid(meta_params["momentum_logit"])

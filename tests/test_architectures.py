@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import lopt
+from meta_train import build as build_lib
 from meta_train import config as config_lib
 
 NAMES = ["small_fc_lopt", "adafac_mlp", "l2l_lstm", "hyper_lstm", "attention", "learned_adam", "adam_multiplier", "celo"]
@@ -195,8 +196,8 @@ def quadratic_test_config(name: str):
     config = config_lib.load_config(config_path(name, "quadratic"))
     config.task.kwargs.dim = 8
     config.meta_train.num_tasks = 8
-    config.meta_train.trunc_length = 10
-    config.meta_train.horizon_length = 50
+    config.meta_train.estimator.kwargs.trunc_length = 10
+    config.meta_train.horizon.kwargs.length = 50
     config.meta_train.meta_learning_rate = max(config.meta_train.meta_learning_rate, 1e-2)
     config.meta_train.phases = ()
     return config
@@ -204,7 +205,7 @@ def quadratic_test_config(name: str):
 
 @functools.lru_cache(maxsize=None)
 def quadratic_meta_training(name: str) -> _CompiledMetaTraining:
-    run = config_lib.build(quadratic_test_config(name))
+    run = build_lib.build(quadratic_test_config(name))
     assert run.learned_optimizer.name == name
     return _CompiledMetaTraining(run)
 
@@ -230,8 +231,8 @@ def test_mlp_config_builds_and_runs_one_meta_step(name):
     """Every MLP-family config builds; the representative runs a meta-step."""
     config = config_lib.load_config(config_path(name, "mlp"))
     config.meta_train.num_tasks = 2
-    config.meta_train.trunc_length = 2
-    run = config_lib.build(config)
+    config.meta_train.estimator.kwargs.trunc_length = 2
+    run = build_lib.build(config)
     assert run.learned_optimizer.name == name and run.family.name == "mlp_image"
     if name in MLP_STEP_NAMES:
         _, _, losses = _CompiledMetaTraining(run).train(num_steps=1)

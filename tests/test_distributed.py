@@ -26,7 +26,7 @@ DEVICE_COMPARISON = textwrap.dedent(
     out = {"devices": jax.device_count()}
     for mode, count in [("none", None), ("shard_map", 8), ("pmap", 8), ("shard_map", 2)]:
         trainer = meta_train.Trainer(
-            family, lopt.MLPLOpt(hidden_sizes=(8,)), meta_train.PES(num_tasks=8, trunc_length=5, std=0.01),
+            family, lopt.SmallFcLOpt(hidden_sizes=(8,)), meta_train.PES(num_tasks=8, trunc_length=5, std=0.01),
             meta_train.ConstantHorizon(20), optax.adam(1e-3), parallelism=TaskParallelism(mode, count))
         state = trainer.init(jax.random.key(0))
         unroll = trainer.unroll(trainer.family)
@@ -170,14 +170,15 @@ def test_config_host_devices_splits_the_cpu_before_jax_starts():
         """
         import jax
         from meta_train import config as config_lib
+        from meta_train import launch
         config = config_lib.load_config("configs/quickstart.py")
         config.meta_train.host_devices = 4
-        print(config_lib.apply_host_devices(config), jax.device_count())
+        print(launch.apply_host_devices(config), jax.device_count())
         config.meta_train.host_devices = -1
-        print(config_lib.apply_host_devices(config))
+        print(launch.apply_host_devices(config))
         config.meta_train.host_devices = 2
         try:
-            config_lib.apply_host_devices(config)
+            launch.apply_host_devices(config)
         except config_lib.ConfigError as err:
             print("refused:", err)
         """
@@ -207,9 +208,10 @@ LOOP_UNROLLING_RUN = textwrap.dedent(
     dump = tempfile.mkdtemp()
     os.environ["XLA_FLAGS"] = f"--xla_dump_to={dump}"
     from meta_train import config as config_lib
+    from meta_train import launch
     config = config_lib.load_config("configs/quickstart.py")
     config.xla_cpu_loop_unrolling = sys.argv[1] == "on"
-    print(config_lib.apply_cpu_loop_unrolling(config))
+    print(launch.apply_cpu_loop_unrolling(config))
     import jax, jax.numpy as jnp
     jax.jit(lambda x: jnp.tanh(x) * jnp.exp(-x)).lower(jnp.ones(4096)).compile()
     print(sum(len(open(f).read().splitlines()) for f in glob.glob(dump + "/*ir-with-opt.ll")))
@@ -217,7 +219,7 @@ LOOP_UNROLLING_RUN = textwrap.dedent(
     flags = os.environ["XLA_FLAGS"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        print(config_lib.apply_cpu_loop_unrolling(config), os.environ["XLA_FLAGS"] == flags)
+        print(launch.apply_cpu_loop_unrolling(config), os.environ["XLA_FLAGS"] == flags)
     print(caught[0].message)
     """
 )

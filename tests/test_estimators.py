@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -11,8 +14,9 @@ import pytest
 import lopt
 import meta_train
 import tasks
+from meta_train import build as build_lib
 from meta_train import config as config_lib
-from meta_train import evaluate
+from meta_train.evaluation import curves as evaluate
 from tests.helpers import FixedQuadraticFamily, MomentumLOpt
 
 ESTIMATORS = {
@@ -105,23 +109,21 @@ def test_pes_converges_where_exact_gradients_do_and_truncated_backprop_does_not(
 
 
 @pytest.mark.parametrize(
-    "overrides, expected",
+    "name, kwargs, expected",
     [
-        ({"estimator": "truncated_es"}, meta_train.TruncatedES),
-        ({"estimator": "tbptt"}, meta_train.TruncatedBackprop),
-        ({"estimator": "full_horizon_es", "trunc_length": 100, "horizon_length": 50}, meta_train.FullHorizonES),
-        ({"estimator": "evosax", "evosax_strategy": "SNES"}, meta_train.EvosaxEstimator),
+        ("truncated_es", {"trunc_length": 10}, meta_train.TruncatedES),
+        ("tbptt", {"trunc_length": 10}, meta_train.TruncatedBackprop),
+        ("full_horizon_es", {"horizon_length": 50}, meta_train.FullHorizonES),
+        ("evosax", {"strategy": "SNES", "trunc_length": 10}, meta_train.EvosaxEstimator),
     ],
 )
-def test_estimators_are_selectable_from_the_config(overrides, expected):
+def test_estimators_are_selectable_from_the_config(name, kwargs, expected):
     config = config_lib.base_config()
     config.task.family = "quadratic"
-    config.meta_train.horizon_length = 50
-    config.meta_train.trunc_length = 10
+    config.meta_train.horizon.kwargs.length = 50
     config.meta_train.accumulate = 2
-    for key, value in overrides.items():
-        config.meta_train[key] = value
-    run = config_lib.build(config)
+    config.meta_train.estimator = ml_collections.ConfigDict({"name": name, "kwargs": kwargs})
+    run = build_lib.build(config)
     assert isinstance(run.trainer.estimator, expected)
     state = run.trainer.init(jax.random.key(0))
     state, metrics = run.trainer.step(state)
@@ -131,14 +133,60 @@ def test_estimators_are_selectable_from_the_config(overrides, expected):
 def test_bad_estimator_settings_are_config_errors():
     config = config_lib.base_config()
     config.task.family = "quadratic"
-    config.meta_train.estimator = "evosax"
-    config.meta_train.evosax_strategy = "CMA"
-    with pytest.raises(config_lib.ConfigError, match="evosax_strategy must be one of"):
-        config_lib.build(config)
-    config.meta_train.estimator = "full_horizon_es"
-    config.meta_train.horizon = "log_uniform"
-    with pytest.raises(config_lib.ConfigError, match="needs meta_train.horizon='constant'"):
-        config_lib.build(config)
+    config.meta_train.estimator.name = "evosax"
+    config.meta_train.estimator.kwargs.strategy = "CMA"
+    with pytest.raises(config_lib.ConfigError, match="config.meta_train.estimator: unknown evosax strategy 'CMA'"):
+        build_lib.build(config)
+    config.meta_train.estimator = ml_collections.ConfigDict({"name": "full_horizon_es", "kwargs": {"horizon_length": 300}})
+    with pytest.raises(config_lib.ConfigError, match=r"horizon minimum \(200\) is shorter than trunc_length \(300\)"):
+        build_lib.build(config)
+    config.meta_train.estimator = ml_collections.ConfigDict({"name": "pes", "kwargs": {"sdt": 0.1}})
+    with pytest.raises(config_lib.ConfigError, match="estimator 'pes' takes no argument.s. sdt; it takes: num_tasks"):
+        build_lib.build(config)
+    config.meta_train.estimator = ml_collections.ConfigDict({"name": "pse", "kwargs": {}})
+    with pytest.raises(config_lib.ConfigError, match="unknown estimator 'pse'; did you mean 'pes'"):
+        build_lib.build(config)
+
+
+def test_a_registered_estimator_of_ones_own_is_selectable_from_a_config_file(tmp_path):
+    config_file = tmp_path / "own_estimator.py"
+    config_file.write_text(textwrap.dedent('''
+        import meta_train
+        from meta_train.config import base_config
+
+        @meta_train.register_estimator("halved_pes_for_test")
+        class HalvedPES(meta_train.PES):
+            """PES whose meta-gradient is halved (a researcher's own estimator)."""
+
+            def __init__(self, num_tasks=8, task_map="vmap", trunc_length=20, std=0.01, scale=0.5):
+                super().__init__(num_tasks, trunc_length, std, task_map)
+                self.scale = scale
+
+            def estimate(self, unroll, meta_params, state, key, mask=None):
+                gradient, state, metrics = super().estimate(unroll, meta_params, state, key, mask)
+                return jax.tree.map(lambda g: self.scale * g, gradient), state, metrics
+
+        import jax
+
+        def get_config():
+            config = base_config()
+            config.task.family = "quadratic"
+            config.task.kwargs = {"dim": 4}
+            config.meta_train.num_tasks = 2
+            config.meta_train.estimator.name = "halved_pes_for_test"
+            config.meta_train.estimator.kwargs = {"trunc_length": 5, "scale": 0.25}
+            config.meta_train.horizon.kwargs.length = 10
+            return config
+    '''))
+    config = config_lib.load_config(config_file)
+    run = build_lib.build(config)
+    assert type(run.trainer.estimator).__name__ == "HalvedPES" and run.trainer.estimator.scale == 0.25
+    assert run.trainer.estimator.trunc_length == 5 and run.trainer.estimator.num_tasks == 2
+    state, metrics = run.trainer.step(run.trainer.init(jax.random.key(0)))
+    assert np.isfinite(float(metrics["meta_loss"]))
+    overridden = config_lib.parse_overrides(config_lib.load_config(config_file),
+                                            ["--config.meta_train.estimator.kwargs.scale=0.75"])
+    assert build_lib.build(overridden).trainer.estimator.scale == 0.75
 
 
 def test_several_families_mixed_in_one_run_each_with_its_own_batch():
@@ -149,9 +197,9 @@ def test_several_families_mixed_in_one_run_each_with_its_own_batch():
     }
     config.optimizer.name = "adam"
     config.meta_train.num_tasks = 4
-    config.meta_train.trunc_length = 5
-    config.meta_train.horizon_length = 20
-    run = config_lib.build(config)
+    config.meta_train.estimator.kwargs.trunc_length = 5
+    config.meta_train.horizon.kwargs.length = 20
+    run = build_lib.build(config)
     trainer = run.trainer
     assert sorted(f.name for f in run.family) == ["mlp_image", "quadratic"]
     state = trainer.init(jax.random.key(0))
@@ -160,12 +208,13 @@ def test_several_families_mixed_in_one_run_each_with_its_own_batch():
     assert jax.tree.leaves(quadratic_tasks.tasks.params)[0].shape[:2] == (4, 2)
     assert {p.shape[-1] for p in jax.tree.leaves(digits_tasks.tasks.params)} != {8}
     state, metrics = trainer.step(state)
-    assert np.isfinite(float(metrics["meta_loss/quadratic"])) and np.isfinite(float(metrics["meta_loss/mlp_image"]))
+    assert np.isfinite(float(metrics["meta_loss/quad"])) and np.isfinite(float(metrics["meta_loss/digits"]))
     np.testing.assert_allclose(
-        float(metrics["meta_loss"]), (float(metrics["meta_loss/quadratic"]) + float(metrics["meta_loss/mlp_image"])) / 2,
+        float(metrics["meta_loss"]), (float(metrics["meta_loss/quad"]) + float(metrics["meta_loss/digits"])) / 2,
         rtol=1e-5,
     )
+    assert meta_train.trainer.numbered_labels(["a", "b", "a", "a"]) == ["a", "b", "a-2", "a-3"]
     assert trainer.inner_steps_per_meta_step == 2 * 4 * 2 * 5
     config.task.mixture.digits.kwargs.hiden = 3
     with pytest.raises(config_lib.ConfigError, match="config.task.mixture.digits: task family 'mlp_image' has no argument"):
-        config_lib.build(config)
+        build_lib.build(config)

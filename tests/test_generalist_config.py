@@ -10,13 +10,14 @@ import pytest
 
 import lopt
 import tasks
+from meta_train import build as build_lib
 from meta_train import config as config_lib
 from meta_train.cli import meta_train_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SMALL = ["--config.meta_train.trunc_length=5", "--config.meta_train.horizon_min=10",
-         "--config.meta_train.horizon_max=30", "--config.checkpoint.every=2", "--config.log_every=1",
+SMALL = ["--config.meta_train.estimator.kwargs.trunc_length=5", "--config.meta_train.horizon.kwargs.low=10",
+         "--config.meta_train.horizon.kwargs.high=30", "--config.checkpoint.every=2", "--config.log_every=1",
          "--config.meta_train.host_devices=0", "--config.meta_train.parallel=none", "--no-progress"]
 
 
@@ -32,7 +33,7 @@ def test_generalist_trains_celo2_on_four_reparameterised_8x8_mlp_families(data_d
     config.data_dir = data_dir
     config.meta_train.host_devices = 0
     config.meta_train.parallel = "none"
-    run = config_lib.build(config)
+    run = build_lib.build(config)
     assert isinstance(run.learned_optimizer, lopt.get("celo2").__class__)
     families = run.family
     assert len(families) == 4
@@ -42,7 +43,7 @@ def test_generalist_trains_celo2_on_four_reparameterised_8x8_mlp_families(data_d
         assert family.base.layer_sizes[1:] == (32, 10) and family.base.batch_size == 64
         names.add(family.base.dataset_name)
     assert names == {"mnist", "fashion_mnist", "cifar10_grey", "digits"}
-    assert config.meta_train.trunc_length == 50 and config.meta_train.horizon_max == 2000
+    assert run.trainer.estimator.trunc_length == 50 and run.trainer.horizon.max_length == 2000
 
 
 def test_generalist_run_resumes_bit_for_bit(tmp_path, data_dir, capsys, monkeypatch):
@@ -76,5 +77,5 @@ def test_every_ablation_row_is_a_valid_config_that_changes_one_lever(tmp_path):
     budgeted = tmp_path / "budgeted.py"
     budgeted.write_text(ablation.row_config_source(ablation.ROWS["no_augmentation"], meta_steps=123))
     config = config_lib.load_config(budgeted)
-    assert (config.meta_train.num_steps, config.meta_train.meta_lr_decay_steps) == (123, 123)
+    assert (config.meta_train.num_steps, config.meta_train.meta_lr_schedule.kwargs.decay_steps) == (123, 123)
     assert tuple(config.task.reparameterize.levels) == ()

@@ -14,6 +14,7 @@ import lopt
 import lopt.pretrained
 import tasks
 from lopt.small_fc_lopt import mup_step_scale
+from meta_train import build as build_lib
 from meta_train import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,11 +114,11 @@ def test_multiwidth_config_builds_and_runs_two_meta_steps():
     config = config_lib.load_config(REPO / "configs" / "mup_multiwidth.py")
     assert config.optimizer.kwargs.mup is True
     mt = config.meta_train
-    mt.num_tasks, mt.trunc_length, mt.num_steps = 1, 4, 2
-    mt.horizon, mt.horizon_length = "constant", 8
+    mt.num_tasks, mt.estimator.kwargs.trunc_length, mt.num_steps = 1, 4, 2
+    mt.horizon.name, mt.horizon.kwargs.length = "constant", 8
     mt.parallel, mt.host_devices = "none", 0
     config.eval.enabled = False
-    run = config_lib.build(config)
+    run = build_lib.build(config)
     assert run.learned_optimizer.mup is True
     assert sorted(f.hidden for f in run.family) == [(32, 32), (64, 64), (128, 128)]
     assert all(f.mup and f.dataset_name == "digits" for f in run.family)

@@ -9,6 +9,7 @@ import pytest
 
 import lopt
 import meta_train
+from meta_train import build as build_lib
 from meta_train import config as config_lib
 from tests.helpers import FixedQuadraticFamily, TwoPhaseMomentumLOpt
 
@@ -49,5 +50,5 @@ def test_unknown_phase_of_an_optimizer_is_a_config_error():
     config.task.family = "quadratic"
     config.meta_train.phases = ("warmup:5",)
     with pytest.raises(config_lib.ConfigError, match="no meta-training phase 'warmup'"):
-        config_lib.build(config)
+        build_lib.build(config)
     assert lopt.get("small_fc_lopt").trainable_mask({"w": np.zeros(2)}) == {"w": True}

@@ -40,7 +40,7 @@ def test_sigkill_sigterm_and_a_damaged_checkpoint_then_resume_is_bit_identical(t
 
 def small_trainer():
     return meta_train.Trainer(
-        FixedQuadraticFamily(), lopt.MLPLOpt(hidden_sizes=(4,)), meta_train.PES(num_tasks=2, trunc_length=5, std=0.01),
+        FixedQuadraticFamily(), lopt.SmallFcLOpt(hidden_sizes=(4,)), meta_train.PES(num_tasks=2, trunc_length=5, std=0.01),
         meta_train.ConstantHorizon(10), optax.adam(1e-3),
     )
 

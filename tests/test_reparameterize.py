@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tasks
+from meta_train import build as build_lib
 from meta_train import config as config_lib
 from tasks.examples import diabetes_mlp
 from tasks.reparameterize import LEVELS, RANGES, ReparameterizedFamily, reparameterize
@@ -156,15 +157,15 @@ def test_config_file_selects_reparameterisation_and_meta_trains(tmp_path):
         "    config.task.reparameterize.ranges = ('1e-1..1e1',)\n"))
     config.optimizer.name = "adam"
     mt = config.meta_train
-    mt.num_tasks, mt.trunc_length, mt.horizon_length, mt.num_steps = 2, 5, 10, 1
+    mt.num_tasks, mt.estimator.kwargs.trunc_length, mt.horizon.kwargs.length, mt.num_steps = 2, 5, 10, 1
     config.eval.enabled = False
-    run = config_lib.build(config)
+    run = build_lib.build(config)
     assert isinstance(run.family, ReparameterizedFamily)
     assert (run.family.levels, run.family.ranges) == (("global", "tensor"), ("1e-1..1e1",))
     state, metrics = run.trainer.step(run.trainer.init(jax.random.key(0)))
     assert int(state.step) == 1 and np.isfinite(float(metrics["meta_loss"]))
     config.task.reparameterize.levels = ()
-    assert isinstance(config_lib.build_family(config), tasks.MLPImageFamily)
+    assert isinstance(build_lib.build_family(config), tasks.MLPImageFamily)
 
 
 def test_config_reparameterises_every_mixture_entry_unless_it_sets_its_own(tmp_path):
@@ -174,7 +175,7 @@ def test_config_reparameterises_every_mixture_entry_unless_it_sets_its_own(tmp_p
         "        'b': {'family': 'diabetes_mlp', 'kwargs': {'hidden': 4},\n"
         "              'reparameterize': {'levels': ('parameter',)}}})\n"
         "    config.task.reparameterize.levels = ('global',)\n"))
-    families = config_lib.build_family(config)
+    families = build_lib.build_family(config)
     assert [type(f.base).__name__ for f in families] == ["QuadraticFamily", "DiabetesMLPFamily"]
     assert [f.levels for f in families] == [("global",), ("parameter",)]
     assert families[1].ranges == tuple(RANGES)

@@ -13,6 +13,7 @@ import pytest
 import lopt
 import meta_train
 import tasks
+from meta_train import build as build_lib
 from meta_train import config as config_lib
 from meta_train.cli import export_main, meta_train_main
 from tests.workdir_runs import TINY_CONFIG, write_tiny_config
@@ -103,9 +104,9 @@ def test_export_command_and_loaded_optimizer_give_identical_updates(tmp_path, ti
 def test_meta_learning_rate_cosine_decays_to_its_final_fraction():
     config = config_lib.base_config()
     config.meta_train.meta_learning_rate = 1e-2
-    config.meta_train.meta_lr_decay_steps = 10
-    config.meta_train.meta_lr_final_fraction = 0.2
-    meta_optimizer = config_lib.build_meta_optimizer(config)
+    config.meta_train.meta_lr_schedule.name = "cosine"
+    config.meta_train.meta_lr_schedule.kwargs = {"decay_steps": 10, "final_fraction": 0.2}
+    meta_optimizer = build_lib.build_meta_optimizer(config)
     params = {"x": np.zeros(3, np.float32)}
     gradient = {"x": np.full(3, 0.01, np.float32)}  # below the clip, so Adam's step is the rate
     state = meta_optimizer.init(params)
@@ -123,11 +124,17 @@ def test_meta_learning_rate_cosine_decays_to_its_final_fraction():
     [
         ("--config.meta_train.num_taks=4", "unknown config key --config.meta_train.num_taks; did you mean 'num_tasks'?"),
         ("--config.meta_train.num_tasks=four", "--config.meta_train.num_tasks expects a int"),
-        ("--config.meta_train.trunc_length=50", "must be >= meta_train.trunc_length"),
+        ("--config.meta_train.estimator.kwargs.trunc_length=50", "is shorter than trunc_length (50)"),
+        ("--config.meta_train.trunc_length=5", "meta_train.trunc_length moved: set meta_train.estimator.kwargs.trunc_length"),
+        ("--config.meta_train.horizon_min=5", "meta_train.horizon_min moved: set meta_train.horizon.kwargs.low"),
+        ("--config.meta_train.estimator=tbptt", "--config.meta_train.estimator is a group now: set "
+                                                "--config.meta_train.estimator.name=tbptt"),
+        ("--config.meta_train.horizon.kwargs.lenght=50", "horizon 'constant' takes no argument(s) lenght"),
         ("--config.task.family=mlp", "unknown task family 'mlp'"),
         ("--config.optimizer.name=adamm", "unknown optimizer 'adamm'"),
-        ("--config.meta_train.estimator=reinforce", "meta_train.estimator must be one of"),
-        ("--config.meta_train.meta_lr_final_fraction=0", "meta_lr_final_fraction must lie in (0, 1]"),
+        ("--config.meta_train.estimator.name=reinforce", "unknown estimator 'reinforce'"),
+        ("--config.meta_train.meta_lr_schedule.name=cosine", "schedule 'cosine' needs argument(s) decay_steps"),
+        ("--config.meta_train.meta_lr_final_fraction=0", "set meta_train.meta_lr_schedule.kwargs.final_fraction"),
         ("--config.meta_train.host_devices=2", "host_devices=2 splits the CPU into devices for meta_train.parallel"),
         ("--config.meta_train.host_devices=-2", "host_devices must be -1 (one per core)"),
         ("--config.xla_cpu_loop_unrolling=maybe", "--config.xla_cpu_loop_unrolling expects true/false"),
@@ -154,7 +161,7 @@ def test_missing_data_folder_is_a_one_line_error(tmp_path, tiny_config, capsys):
     config.task.kwargs = {"dataset": "mnist"}
     config.data_dir = str(missing)
     with pytest.raises(config_lib.ConfigError) as info:
-        config_lib.build(config)
+        build_lib.build(config)
     assert str(missing) in str(info.value) and "\n" not in str(info.value)
 
 
@@ -183,7 +190,7 @@ def test_workdir_of_another_config_is_refused(tmp_path, tiny_config, capsys):
     workdir = tmp_path / "run"
     assert run_cli(["--config", str(tiny_config), "--workdir", str(workdir)], capsys)[0] == 0
     code, _, err = run_cli(
-        ["--config", str(tiny_config), "--workdir", str(workdir), "--config.meta_train.std=0.1"], capsys
+        ["--config", str(tiny_config), "--workdir", str(workdir), "--config.meta_train.estimator.kwargs.std=0.1"], capsys
     )
     assert code == 2 and "different config" in err
 
@@ -197,7 +204,7 @@ def test_workdir_of_another_config_is_refused(tmp_path, tiny_config, capsys):
         ("--config.optimizer.kwargs.hidden_sizes=(-1,)", "hidden_sizes must be positive"),
         ("--config.optimizer.kwargs.step_mult=abc", "expects a float"),
         ("--config.task.kwargs.dataset=mnst", "no dataset 'mnst'"),
-        ("--config.meta_train.std=-1", "meta_train.std must be positive"),
+        ("--config.meta_train.estimator.kwargs.std=-1", "config.meta_train.estimator: PES needs"),
         ("--config.eval.learning_rates=()", "at least one learning rate"),
     ],
 )

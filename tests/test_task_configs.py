@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from meta_train import build as build_lib
 from meta_train import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,13 +35,13 @@ def test_family_config_runs_two_meta_steps(filename):
     assert config.task.family == FAMILY_CONFIGS[filename]
     config.data_dir = str(SHARED_DATA)
     mt = config.meta_train
-    mt.num_tasks, mt.trunc_length, mt.num_steps = 2, 5, 2
-    mt.horizon, mt.horizon_length = "constant", 10
+    mt.num_tasks, mt.estimator.kwargs.trunc_length, mt.num_steps = 2, 5, 2
+    mt.horizon = ml_collections.ConfigDict({"name": "constant", "kwargs": {"length": 10}})
     config.eval.enabled = False
-    run = config_lib.build(config)
+    run = build_lib.build(config)
     assert run.learned_optimizer.name == config.optimizer.name
     config.optimizer.name, config.optimizer.kwargs = "adam", ml_collections.ConfigDict()
-    run = config_lib.build(config)
+    run = build_lib.build(config)
     state = run.trainer.init(jax.random.key(0))
     for _ in range(2):
         state, metrics = run.trainer.step(state)
