@@ -6,8 +6,9 @@ tests/test_pretrained.py builds the package from a copy of the three packages an
 Minimum versions follow the APIs the code calls: `jax.shard_map(..., check_vma=...)` (jax 0.7, whose
 own floor is Python 3.11), `optax.tree.norm` (optax 0.2.5), orbax's `CheckpointManagerOptions` with
 `multiprocessing_options` and `ocp.args.Standard*` (orbax-checkpoint 0.11). The rest use long-stable
-APIs and are left unpinned. evosax (the `evosax` estimator) and tensorflow-datasets (`tfds:NAME`
-datasets) are imported only when used, so they are extras; `test` pulls in every extra the tests use.
+APIs and are left unpinned. evosax (the `evosax` estimator), tensorflow-datasets (`tfds:NAME`
+datasets) and tensorboardX (TensorBoard events) are imported only when used, so they are extras;
+`test` pulls in every extra the tests use.
 """
 
 from setuptools import find_packages, setup
@@ -15,6 +16,7 @@ from setuptools import find_packages, setup
 EVOSAX = ["evosax>=0.3"]  # evosax.algorithms with std_schedule and PersistentES's T/K params (0.3 API)
 TFDS = ["tensorflow-datasets>=4.9"]  # tfds.data_source over ArrayRecord, without tensorflow
 TORCH = ["torch==2.13.0"]  # lopt.torch; pinned to the CPU build the parity tests were checked against
+TENSORBOARD = ["tensorboardX>=2.6"]  # TensorBoard event files without TensorFlow (meta_train.tensorboard)
 
 setup(
     name="lopt",
@@ -40,8 +42,9 @@ setup(
         "evosax": EVOSAX,
         "tfds": TFDS,
         "torch": TORCH,
-        "all": EVOSAX + TFDS + TORCH,
-        "test": ["pytest", "hypothesis"] + EVOSAX + TFDS + TORCH,
+        "tensorboard": TENSORBOARD,
+        "all": EVOSAX + TFDS + TORCH + TENSORBOARD,
+        "test": ["pytest", "hypothesis"] + EVOSAX + TFDS + TORCH + TENSORBOARD,
     },
     entry_points={
         "console_scripts": [

@@ -24,6 +24,7 @@ from typing import Any, List, Sequence, Tuple
 import ml_collections
 
 import tasks
+from meta_train import tensorboard as tensorboard_lib
 from tasks.reparameterize import RANGES as REPARAMETERIZE_RANGES
 from tasks.reparameterize import check_choices as check_reparameterize_choices
 
@@ -99,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3})
     config.log_every = 10
+    # TensorBoard events in WORKDIR/tensorboard: mode "auto" (when tensorboardX is installed), "on" or "off";
+    # meta-param histograms every histogram_every meta-steps (0: at each checkpoint).
+    config.tensorboard = ml_collections.ConfigDict({"mode": "auto", "histogram_every": 0})
     config.eval = ml_collections.ConfigDict(
         {
             "enabled": True,
@@ -304,6 +308,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     parse_phases(mt.phases, mt.num_steps)
     _require(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1")
     _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
+    _require(config.tensorboard.mode in tensorboard_lib.SETTINGS,
+             f"tensorboard.mode must be one of {tensorboard_lib.SETTINGS}, got {config.tensorboard.mode!r}")
+    _require(config.tensorboard.histogram_every >= 0,
+             f"tensorboard.histogram_every must be >= 0 (0: at each checkpoint), got {config.tensorboard.histogram_every}")
+    _require(config.tensorboard.mode != "on" or tensorboard_lib.available(),
+             tensorboard_lib.missing_message("tensorboard.mode='on'"))
     if config.eval.enabled:
         _require(config.eval.num_tasks >= 1 and config.eval.num_steps >= 1, "eval.num_tasks and eval.num_steps must be >= 1")
         _require(len(config.eval.learning_rates) >= 1, "eval.learning_rates must list at least one learning rate")

@@ -23,6 +23,7 @@ from lopt import export
 from meta_train import build as build_lib
 from meta_train import config as config_lib
 from meta_train import launch
+from meta_train import tensorboard as tensorboard_lib
 from meta_train.meta_loss_plot import PLOT_FILE, plot_meta_loss
 from meta_train.checkpoint import CheckpointError, Checkpointer, to_host
 from meta_train.files import WorkdirError, prepare_workdir, tree_digest, write_text_atomic  # noqa: F401 - public here too
@@ -220,9 +221,20 @@ def _train(config, run, workdir, lock, stop, invoked, show_progress, max_seconds
     compile_seconds = None
     done = saved_at = start
     interrupted = False
+    board_on = tensorboard_lib.enabled(config.tensorboard.mode)
+    histogram_every = int(config.tensorboard.histogram_every)
+
+    def write_histograms(board: tensorboard_lib.EventWriter, at: int) -> None:
+        if board_on:  # gathered on every process (meta-params may be sharded), written by process 0
+            board.histograms(to_host(state.meta_params), at, "meta_params")
+
     stop.reclaim_signals()
     try:
-        with metrics_path.open("a") as log:
+        with metrics_path.open("a") as log, tensorboard_lib.EventWriter(
+            workdir / tensorboard_lib.FOLDER if board_on and primary else None, purge_step=start + 1 if start else None,
+        ) as board:
+            if start == 0:
+                write_histograms(board, 0)
             for step in range(start, total):
                 if max_seconds is not None and _all_agree(train_seconds() >= max_seconds):
                     break
@@ -245,14 +257,21 @@ def _train(config, run, workdir, lock, stop, invoked, show_progress, max_seconds
                     last.update(step=done, inner_steps_per_s=rate, time=time.time(), phase=phase)
                     log.write(json.dumps(last) + "\n")
                     log.flush()
+                    board.scalars(last, done)
                     progress.set_postfix(meta_loss=f"{last['meta_loss']:.4f}", inner_steps_s=f"{rate:,.0f}")
                     window_start, window_steps = time.perf_counter(), 0
-                if done % config.checkpoint.every == 0 or done == total:
+                checkpoint_due = done % config.checkpoint.every == 0 or done == total
+                if (done % histogram_every == 0) if histogram_every else checkpoint_due:
+                    write_histograms(board, done)
+                if checkpoint_due:
                     save(done)
                     saved_at = done
+                    board.flush()
                 progress.update(1)
-        if done != saved_at:
-            save(done)
+            if done != saved_at:
+                if not histogram_every:
+                    write_histograms(board, done)
+                save(done)
     finally:
         progress.close()
         checkpointer.close()
@@ -278,7 +297,7 @@ def _train(config, run, workdir, lock, stop, invoked, show_progress, max_seconds
 
 
 RESUMABLE_CHANGES = {
-    "distributed": None, "compile_cache": None, "xla_cpu_loop_unrolling": None,
+    "distributed": None, "compile_cache": None, "xla_cpu_loop_unrolling": None, "tensorboard": None,
     "meta_train": ("num_steps", "parallel", "num_devices", "host_devices", "task_map"),
 }
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any, Dict, List, Optional
 
+from meta_train import tensorboard as tensorboard_lib
 from meta_train.evaluation import run as evaluation_run
 from meta_train.evaluation import suite_report, suites
 from meta_train.cli import USER_ERRORS, _fail
@@ -59,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--final-batches", type=int, default=8, help="batches averaged for final losses")
     p.add_argument("--data-dir", default="", help="folder with mnist/, fashion_mnist/, cifar10/ (default $LOPT_DATA_DIR)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tensorboard", choices=tensorboard_lib.SETTINGS, default="auto",
+                   help="write mean curves as TensorBoard events to OUT/tensorboard/: auto (when tensorboardX is "
+                        "installed), on or off (default auto)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -158,13 +162,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     """`lopt-evaluate --optimizers A.lopt ... --family NAME | --task NAME | --config FILE | --suite NAME --out DIR`."""
     args = parser().parse_args(argv)
     try:
+        evaluation_run.check_tensorboard(args.tensorboard, "--tensorboard")
+        if args.suite is not None and args.tensorboard == "off":
+            raise evaluation_run.EvaluationError("--tensorboard off is not available with --suite yet (a suite writes "
+                                                 "events when tensorboardX is installed)")
         spec = spec_from_args(args)
         with folder_lock(args.out, "lopt-evaluate"):
             if args.suite is not None:
                 result = suite_report.run_suite(suites.get_suite(args.suite), spec, args.out,
                                                 show_progress=not args.no_progress)
             else:
-                result = evaluation_run.run_evaluation(spec, args.out, show_progress=not args.no_progress)
+                result = evaluation_run.run_evaluation(spec, args.out, show_progress=not args.no_progress,
+                                                       tensorboard=args.tensorboard)
     except USER_ERRORS as err:
         return _fail(err)
     print(result["table"])

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import lopt
 import tasks
+from meta_train import tensorboard as tensorboard_lib
 from meta_train.evaluation import curves as evaluate
 from meta_train.evaluation import summary
 from meta_train.evaluation.summary import PLOT_FILE, RESULT_FILE, TABLE_FILE  # noqa: F401 - re-exported
@@ -303,11 +304,25 @@ def run_units(spec: Spec, out: str | Path, *, show_progress: bool = True) -> Tup
     return out, labels, results
 
 
-def run_evaluation(spec: Spec, out: str | Path, *, show_progress: bool = True) -> Dict[str, Any]:
-    """Runs (or resumes) the evaluation `spec` into folder `out`; returns the summary (no curves) and writes the outputs."""
+def check_tensorboard(setting: str, option: str = "tensorboard") -> None:
+    """Raises EvaluationError unless `setting` is one of tensorboard.SETTINGS and, when "on", tensorboardX is installed."""
+    if setting not in tensorboard_lib.SETTINGS:
+        raise EvaluationError(f"{option} must be one of {', '.join(tensorboard_lib.SETTINGS)}, got {setting!r}")
+    if setting == "on" and not tensorboard_lib.available():
+        raise EvaluationError(tensorboard_lib.missing_message(f"{option} on"))
+
+
+def run_evaluation(spec: Spec, out: str | Path, *, show_progress: bool = True,
+                   tensorboard: str = "auto") -> Dict[str, Any]:
+    """Runs (or resumes) the evaluation `spec` into folder `out`; returns the summary (no curves) and writes the outputs.
+
+    `tensorboard` ("auto": when tensorboardX is installed, "on", "off") writes mean curves as TensorBoard events
+    into out/tensorboard/ too.
+    """
+    check_tensorboard(tensorboard)
     out, labels, results = run_units(spec, out, show_progress=show_progress)
     combined = summary.aggregate(spec, labels, results)
-    summary.write_outputs(spec, out, combined)
+    summary.write_outputs(spec, out, combined, tensorboard)
     return {"out": str(out), "table": combined["table"], "settings": {
         label: {name: {k: v for k, v in entry.items() if k not in ("curves", "grid_final_losses")}
                 for name, entry in setting["optimizers"].items()}

@@ -1,18 +1,22 @@
 """Summaries of evaluation runs: JSON conversion of curves, per-task baseline tuning over seeds, speedups, and the outputs.
 
-Written files: evaluation.json (every curve, [seeds, tasks, steps]), table.md and curves.png.
+Written files: evaluation.json (every curve, [seeds, tasks, steps]), table.md and curves.png; with TensorBoard
+events on, tensorboard/OPTIMIZER/ holds each optimizer's mean curves as one TensorBoard run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from meta_train.evaluation import curves as evaluate
+from meta_train import tensorboard as tensorboard_lib
 from meta_train.evaluation import report
 from meta_train.evaluation.speedup import SPEEDUP_DEFINITION, SPEEDUP_WINDOW, speedups
 from meta_train.files import write_text_atomic
@@ -165,8 +169,45 @@ def format_tables(spec: Any, settings: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_outputs(spec: Any, out: Path, summary: Dict[str, Any]) -> None:
-    """Writes evaluation.json (every selected curve), curves.png and table.md into `out`."""
+def _mean_curve(losses: np.ndarray) -> np.ndarray:
+    """Returns the mean over every leading axis (seeds, tasks) of the finite losses at each step (NaN where none)."""
+    losses = np.asarray(losses, np.float64)
+    runs = np.where(np.isfinite(losses), losses, np.nan).reshape(-1, losses.shape[-1])
+    counts = np.sum(np.isfinite(runs), axis=0)
+    return np.where(counts > 0, np.nansum(runs, axis=0) / np.maximum(counts, 1), np.nan)
+
+
+def _tag_part(text: str) -> str:
+    return re.sub(r"[^-\w.]+", "_", text).strip("_") or "unnamed"
+
+
+def write_tensorboard(folder: Path, summary: Dict[str, Any]) -> None:
+    """Writes, per optimizer, one TensorBoard run under `folder` whose scalars `SETTING/train_loss` (and
+    `SETTING/valid_loss`) are the mean curves over seeds and tasks against the inner step (updates done)."""
+    shutil.rmtree(folder, ignore_errors=True)  # written whole each time, like evaluation.json
+    runs: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
+    for label, setting in summary["settings"].items():
+        for name, entry in setting["optimizers"].items():
+            runs.setdefault(name, []).append((label, {**entry, "valid_steps": setting["valid_steps"]}))
+    used = set()
+    for name, entries in runs.items():
+        run_name = _tag_part(name)
+        while run_name in used:
+            run_name += "_"
+        used.add(run_name)
+        with tensorboard_lib.EventWriter(folder / run_name) as board:
+            for label, entry in entries:
+                curves = entry["curves"]
+                train = _mean_curve(curves.train_losses)
+                board.curve(f"{_tag_part(label)}/train_loss", train, np.arange(train.shape[-1]))
+                if curves.valid_losses is not None and np.size(entry["valid_steps"]):
+                    board.curve(f"{_tag_part(label)}/valid_loss", _mean_curve(curves.valid_losses),
+                                np.asarray(entry["valid_steps"]))
+
+
+def write_outputs(spec: Any, out: Path, summary: Dict[str, Any], tensorboard: str = "auto") -> None:
+    """Writes evaluation.json (every selected curve), curves.png and table.md into `out`, and TensorBoard events
+    into out/tensorboard/ when `tensorboard` ("auto": if tensorboardX is installed, "on", "off") says so."""
     settings_json = {}
     panels, valid_steps = {}, {}
     for label, setting in summary["settings"].items():
@@ -183,3 +224,5 @@ def write_outputs(spec: Any, out: Path, summary: Dict[str, Any]) -> None:
     write_text_atomic(out / RESULT_FILE, json.dumps(result))
     write_text_atomic(out / TABLE_FILE, summary["table"])
     report.plot_grid(panels, out / PLOT_FILE, valid_steps, max_columns=PLOT_COLUMNS)
+    if tensorboard_lib.enabled(tensorboard):
+        write_tensorboard(out / tensorboard_lib.FOLDER, summary)

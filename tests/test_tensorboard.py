@@ -1,0 +1,114 @@
+"""TensorBoard events of lopt-meta-train and lopt-evaluate, read back from the event files without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from meta_train import config as config_lib
+from meta_train import tensorboard
+from meta_train.run import meta_train
+from tests.helpers import evaluate_cli
+
+pytest.importorskip("tensorboardX")
+
+
+def tiny_config():
+    config = config_lib.base_config()
+    config.task.family = "quadratic"
+    config.task.kwargs.dim = 8
+    config.optimizer.name = "small_fc_lopt"
+    config.optimizer.kwargs.hidden_sizes = (8,)
+    config.optimizer.kwargs.step_mult = 0.01
+    config.meta_train.num_tasks = 4
+    config.meta_train.estimator.kwargs.trunc_length = 5
+    config.meta_train.horizon.kwargs.length = 20
+    config.meta_train.num_steps = 6
+    config.checkpoint.every = 3
+    config.log_every = 1
+    config.eval.enabled = False
+    return config
+
+
+def histogram_steps(folder):
+    steps = {}
+    for event in tensorboard.read_events(folder):
+        for value in event.summary.value:
+            if value.HasField("histo"):
+                steps.setdefault(value.tag, []).append(int(event.step))
+    return steps
+
+
+def test_meta_training_events_match_metrics_and_histogram_each_meta_param(tmp_path):
+    config = tiny_config()
+    config.tensorboard.mode = "on"
+    summary = meta_train(config, tmp_path, show_progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scalars = tensorboard.read_scalars(tmp_path / tensorboard.FOLDER)
+    assert sorted(scalars["meta_loss"]) == [line["step"] for line in lines] == list(range(1, 7))
+    for line in lines:
+        assert scalars["meta_loss"][line["step"]] == np.float32(line["meta_loss"])
+    assert "phase" not in scalars and "step" not in scalars and "inner_steps_per_s" in scalars
+
+    import lopt
+
+    params = lopt.load(summary["export"]).meta_params
+    leaves = {"meta_params/" + tensorboard.leaf_name(path)
+              for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    histograms = histogram_steps(tmp_path / tensorboard.FOLDER)
+    assert set(histograms) == leaves and len(leaves) >= 2
+    assert all(steps == [0, 3, 6] for steps in histograms.values())  # the start and each checkpoint
+
+
+def test_tensorboard_on_without_tensorboardx_is_a_one_line_config_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    config = tiny_config()
+    config.tensorboard.mode = "on"
+    with pytest.raises(config_lib.ConfigError) as raised:
+        meta_train(config, tmp_path, show_progress=False)
+    message = str(raised.value)
+    assert "\n" not in message and 'pip install "lopt[tensorboard]"' in message
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+    config.tensorboard.mode = "auto"  # without the package, auto trains and writes no events
+    config.meta_train.num_steps = 1
+    meta_train(config, tmp_path, show_progress=False)
+    assert (tmp_path / "metrics.jsonl").exists() and not (tmp_path / tensorboard.FOLDER).exists()
+
+
+def test_bad_tensorboard_settings_are_config_errors():
+    config = tiny_config()
+    config.tensorboard.mode = "yes"
+    with pytest.raises(config_lib.ConfigError, match="tensorboard.mode must be one of"):
+        config_lib.validate(config)
+
+
+def test_evaluation_writes_mean_curves_against_the_inner_step(tmp_path, export_file, capsys, monkeypatch):
+    out = tmp_path / "eval"
+    argv = ["--optimizers", str(export_file), "--family", "quadratic", "--family-kwargs", '{"dim": 4}',
+            "--learning-rates", "1e-2", "1e-1", "--num-steps", "10", "--num-tasks", "2", "--seeds", "0",
+            "--valid-every", "5", "--tensorboard", "on", "--out", str(out)]
+    code, _, err = evaluate_cli(argv, capsys)
+    assert code == 0, err
+    optimizers = json.loads((out / "evaluation.json").read_text())["settings"]["quadratic"]["optimizers"]
+    assert set(optimizers) == {"tiny", "adam (tuned lr)"}
+    for name, run in (("tiny", "tiny"), ("adam (tuned lr)", "adam_tuned_lr")):
+        scalars = tensorboard.read_scalars(out / tensorboard.FOLDER / run)
+        train = np.mean(np.asarray(optimizers[name]["curves"]["train_losses"], np.float64), axis=(0, 1))
+        assert sorted(scalars["quadratic/train_loss"]) == list(range(10))
+        np.testing.assert_array_equal([scalars["quadratic/train_loss"][s] for s in range(10)], train.astype(np.float32))
+        valid = np.mean(np.asarray(optimizers[name]["curves"]["valid_losses"], np.float64), axis=(0, 1))
+        assert sorted(scalars["quadratic/valid_loss"]) == [0, 5, 10]
+        np.testing.assert_array_equal(list(scalars["quadratic/valid_loss"].values()), valid.astype(np.float32))
+
+    assert evaluate_cli(argv, capsys)[0] == 0  # a rerun rewrites the events instead of adding a second copy
+    assert len(list((out / tensorboard.FOLDER / "tiny").iterdir())) == 1
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    code, _, err = evaluate_cli(argv[:-2] + ["--out", str(tmp_path / "other")], capsys)
+    assert code == 2 and err.count("\n") == 1 and 'pip install "lopt[tensorboard]"' in err, err
+    assert not (tmp_path / "other").exists()
