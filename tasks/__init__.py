@@ -14,6 +14,7 @@ from tasks.transformer_lm import TransformerLMFamily
 from tasks.few_shot import FewShotFamily
 from tasks.finance import FinanceFamily
 from tasks.reparameterize import ReparameterizedFamily, reparameterize
+from tasks.flax_task import FlaxFamily, from_flax
 
 __all__ = [
     "SPLITS",
@@ -21,6 +22,7 @@ __all__ = [
     "CNNImageFamily",
     "FewShotFamily",
     "FinanceFamily",
+    "FlaxFamily",
     "L2LQuadraticFamily",
     "LogisticRegressionFamily",
     "MLPImageFamily",
@@ -34,6 +36,7 @@ __all__ = [
     "ValidationReport",
     "accepts_argument",
     "check_split",
+    "from_flax",
     "get",
     "load_dataset",
     "load_text",
