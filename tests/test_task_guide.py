@@ -1,4 +1,5 @@
-"""docs/adding_a_task_family.md: its code is tasks/examples/diabetes_mlp.py verbatim, and its snippets run."""
+"""docs/adding_a_task_family.md: its flax adapter snippets run, its hand-written family is
+tasks/examples/diabetes_mlp.py verbatim, and its snippets run."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
+import lopt
 import tasks
+from meta_train import build as build_lib
 from meta_train import config as config_lib
 from tasks.examples import diabetes_mlp
 
@@ -18,12 +22,54 @@ EXAMPLE = REPO / "tasks" / "examples" / "diabetes_mlp.py"
 
 
 def code_blocks(language: str = "python"):
-    return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    fenced = re.findall(r"^```(\w*)\n(.*?)^```$", GUIDE.read_text(), flags=re.S | re.M)
+    return [body for fence_language, body in fenced if fence_language == language]
+
+
+def code_block(containing: str, language: str = "python") -> str:
+    return next(block for block in code_blocks(language) if containing in block)
+
+
+def test_guide_starts_with_the_flax_adapter_and_keeps_the_hand_written_route_as_advanced():
+    text = GUIDE.read_text()
+    assert text.index("tasks.from_flax") < text.index("## Advanced: writing a family by hand")
+    assert code_blocks()[0] == code_block("tasks.from_flax(")
+
+
+@pytest.fixture(scope="module")
+def adapter_snippet():
+    namespace = {}
+    exec(compile(code_block("tasks.from_flax("), "guide-flax-snippet", "exec"), namespace)
+    return namespace
+
+
+def test_guide_flax_snippet_builds_a_family_that_validates(adapter_snippet):
+    family, report = adapter_snippet["family"], adapter_snippet["report"]
+    assert isinstance(family, tasks.FlaxFamily) and family.name == "digits_flax"
+    assert np.all(report.final_loss < report.initial_loss)
+
+
+def test_guide_train_state_snippet_trains_the_model_with_an_exported_optimizer(adapter_snippet, tmp_path, monkeypatch):
+    optimizer = lopt.get("small_fc_lopt", hidden_sizes=(8,))
+    lopt.save(tmp_path / "optimizer.lopt", optimizer, optimizer.init(jax.random.key(0)), {})
+    monkeypatch.chdir(tmp_path)
+    namespace = dict(adapter_snippet)
+    exec(compile(code_block("train_state.TrainState.create("), "guide-train-state-snippet", "exec"), namespace)
+    assert int(namespace["state"].step) == 100 and np.isfinite(float(namespace["loss"]))
+
+
+def test_guide_flax_config_snippet_registers_a_factory_and_builds(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks.registry, "_FAMILIES", dict(tasks.registry._FAMILIES))
+    path = tmp_path / "digits_flax.py"
+    path.write_text(code_block("@tasks.register(", language=""))
+    run = build_lib.build(config_lib.load_config(path))
+    assert isinstance(run.family, tasks.FlaxFamily) and run.family.name == "digits_flax"
+    assert run.family.subset_size == round(0.5 * run.family.x["train"].shape[0])
 
 
 def test_guide_shows_the_example_file_verbatim_in_under_60_lines():
     source = EXAMPLE.read_text()
-    assert code_blocks()[0] == source
+    assert source in code_blocks()
     assert len(source.splitlines()) < 60
 
 
@@ -43,16 +89,16 @@ def test_example_family_declares_its_data_fields_as_the_pytree_leaves():
 
 def test_guide_snippet_validates_and_meta_trains_two_pes_steps():
     namespace = {}
-    exec(compile(code_blocks()[1], "guide-snippet", "exec"), namespace)
+    exec(compile(code_block("trainer = meta_train.Trainer("), "guide-snippet", "exec"), namespace)
     assert int(namespace["state"].step) == 2
     assert np.isfinite(float(namespace["metrics"]["meta_loss"]))
     assert np.all(namespace["report"].final_loss < namespace["report"].initial_loss)
 
 
 def test_guide_config_snippet_builds(tmp_path):
-    snippet = re.findall(r"```\n(import tasks\.examples.*?)```", GUIDE.read_text(), flags=re.S)[0]
+    snippet = code_block("import tasks.examples.diabetes_mlp", language="")
     path = tmp_path / "diabetes.py"
     path.write_text(snippet)
     config = config_lib.load_config(path)
-    run = config_lib.build(config)
+    run = build_lib.build(config)
     assert run.family.name == "diabetes_mlp" and run.family.hidden == 16
