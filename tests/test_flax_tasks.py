@@ -210,3 +210,37 @@ def test_registry_takes_factories_that_return_families_and_nothing_else(monkeypa
         tasks.get("test_not_a_family")
     with pytest.raises(tasks.TaskError, match="expects a TaskFamily subclass or a function returning one"):
         tasks.register("test_a_class")(dict)
+
+
+class ListSource:
+    """A stand-in for a TFDS data_source: `__len__` and `__getitem__` returning feature dicts."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.x[index], "label": self.y[index]}
+
+
+def test_data_sources_and_scikit_learn_bunches_are_read_into_arrays(digits):
+    x, y = digits
+    from_source = tasks.from_flax(DigitsMLP(), ListSource(x, y), batch_size=16)
+    from_bunch = tasks.from_flax(DigitsMLP(), load_digits(), batch_size=16)
+    for family in (from_source, from_bunch):
+        assert dict(family.num_examples) == {"train": 1437, "valid": 179, "test": 179}
+    np.testing.assert_array_equal(from_source.y["test"], from_bunch.y["test"])
+    with pytest.raises(tasks.TaskError, match="has 1797 examples, more than max_examples=100"):
+        tasks.from_flax(DigitsMLP(), ListSource(x, y), max_examples=100)
+    with pytest.raises(tasks.TaskError, match=r"no field\(s\) \['img'\].*set source_keys="):
+        tasks.from_flax(DigitsMLP(), ListSource(x, y), source_keys=("img", "label"))
+
+
+def test_reparameterize_wraps_an_adapted_family(family):
+    wrapped = tasks.reparameterize(family, levels=("tensor",))
+    cfg = wrapped.sample(jax.random.key(0))
+    params = wrapped.task(cfg).init(jax.random.key(1))
+    assert jax.tree.structure(params) == jax.tree.structure(cfg.scales)
+    assert wrapped.name == "reparameterized_digits_flax_mlp"
