@@ -147,9 +147,18 @@ def read_events(folder: str | Path) -> Iterator[Any]:
 
 
 def read_scalars(folder: str | Path) -> Dict[str, Dict[int, float]]:
-    """Returns {tag: {step: value}} of the scalars in `folder`'s event files (a step written twice: the later value)."""
+    """Returns {tag: {step: value}} of the scalars in `folder`'s event files as TensorBoard shows them.
+
+    A step written twice keeps the later value, and a writer opened with `purge_step` drops what
+    earlier files held at that step or later.
+    """
+    from tensorboardX.proto.event_pb2 import SessionLog
+
     scalars: Dict[str, Dict[int, float]] = {}
     for event in read_events(folder):
+        if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+            kept = {tag: {step: v for step, v in values.items() if step < event.step} for tag, values in scalars.items()}
+            scalars = {tag: values for tag, values in kept.items() if values}
         for value in event.summary.value:
             if value.HasField("simple_value"):
                 scalars.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)

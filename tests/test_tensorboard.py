@@ -64,6 +64,21 @@ def test_meta_training_events_match_metrics_and_histogram_each_meta_param(tmp_pa
     assert all(steps == [0, 3, 6] for steps in histograms.values())  # the start and each checkpoint
 
 
+def test_a_resumed_run_hides_events_written_past_its_checkpoint(tmp_path):
+    config = tiny_config()
+    config.meta_train.num_steps = 3
+    meta_train(config, tmp_path, show_progress=False)
+    with tensorboard.EventWriter(tmp_path / tensorboard.FOLDER) as crashed:  # an invocation killed after step 3
+        crashed.scalars({"meta_loss": 999.0, "stale": 1.0}, 5)
+    config.meta_train.num_steps = 6
+    meta_train(config, tmp_path, show_progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scalars = tensorboard.read_scalars(tmp_path / tensorboard.FOLDER)
+    assert "stale" not in scalars
+    assert scalars["meta_loss"] == {line["step"]: np.float32(line["meta_loss"]) for line in lines}
+    assert sorted(scalars["meta_loss"]) == list(range(1, 7))
+
+
 def test_tensorboard_on_without_tensorboardx_is_a_one_line_config_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     config = tiny_config()

@@ -181,6 +181,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.suite is not None:
         print(f"wrote {', '.join(f'{out}/{name}' for name in result['written'])}")
     else:
+        events = (f" (TensorBoard events in {out}/{tensorboard_lib.FOLDER}/)"
+                  if tensorboard_lib.enabled(args.tensorboard) else "")
         print(f"wrote {out}/{evaluation_run.RESULT_FILE}, {out}/{evaluation_run.PLOT_FILE} and "
-              f"{out}/{evaluation_run.TABLE_FILE}")
+              f"{out}/{evaluation_run.TABLE_FILE}{events}")
     return 0

@@ -185,10 +185,10 @@ def write_tensorboard(folder: Path, summary: Dict[str, Any]) -> None:
     """Writes, per optimizer, one TensorBoard run under `folder` whose scalars `SETTING/train_loss` (and
     `SETTING/valid_loss`) are the mean curves over seeds and tasks against the inner step (updates done)."""
     shutil.rmtree(folder, ignore_errors=True)  # written whole each time, like evaluation.json
-    runs: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
+    runs: Dict[str, List[Tuple[str, evaluate.Curves, Sequence[int]]]] = {}
     for label, setting in summary["settings"].items():
         for name, entry in setting["optimizers"].items():
-            runs.setdefault(name, []).append((label, {**entry, "valid_steps": setting["valid_steps"]}))
+            runs.setdefault(name, []).append((label, entry["curves"], setting["valid_steps"]))
     used = set()
     for name, entries in runs.items():
         run_name = _tag_part(name)
@@ -196,13 +196,12 @@ def write_tensorboard(folder: Path, summary: Dict[str, Any]) -> None:
             run_name += "_"
         used.add(run_name)
         with tensorboard_lib.EventWriter(folder / run_name) as board:
-            for label, entry in entries:
-                curves = entry["curves"]
+            for label, curves, valid_steps in entries:
                 train = _mean_curve(curves.train_losses)
                 board.curve(f"{_tag_part(label)}/train_loss", train, np.arange(train.shape[-1]))
-                if curves.valid_losses is not None and np.size(entry["valid_steps"]):
+                if curves.valid_losses is not None and np.size(valid_steps):
                     board.curve(f"{_tag_part(label)}/valid_loss", _mean_curve(curves.valid_losses),
-                                np.asarray(entry["valid_steps"]))
+                                np.asarray(valid_steps))
 
 
 def write_outputs(spec: Any, out: Path, summary: Dict[str, Any], tensorboard: str = "auto") -> None:
