@@ -74,11 +74,12 @@ class EventWriter:
                                          filename_suffix=f".{time.time_ns()}")
 
     def scalars(self, values: Mapping[str, Any], step: int) -> None:
-        """Writes each numeric value of `values` as a scalar at `step` (strings and NOT_SCALARS are left out)."""
+        """Writes each finite numeric value of `values` as a scalar at `step` (strings, non-finite values, which
+        metrics.jsonl keeps, and NOT_SCALARS are left out)."""
         if self._writer is None:
             return
         for tag, value in values.items():
-            if tag in NOT_SCALARS or isinstance(value, str):
+            if tag in NOT_SCALARS or isinstance(value, str) or not np.isfinite(float(value)):
                 continue
             self._writer.add_scalar(tag, float(value), int(step))
 

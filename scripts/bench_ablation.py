@@ -91,6 +91,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--extra", action="append", default=[], metavar="NAME=FILE",
                    help="another export evaluated beside the rows (e.g. the full-length run)")
     p.add_argument("--out", default="benchmarks/ablation.json")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="skip meta-training: evaluate the exports the rows' workdirs already hold")
     return p.parse_args(argv)
 
 
@@ -100,7 +102,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     root = Path(args.workdir).absolute()
     exports = {}
     for row in args.rows:
-        exports[row] = meta_train_row(row, root / row, args.minutes, args.meta_steps, args.data_dir)
+        if args.evaluate_only:
+            exports[row] = root / row / "optimizer.lopt"
+            if not exports[row].is_file():
+                raise SystemExit(f"error: --evaluate-only: {exports[row]} does not exist; meta-train the row first")
+        else:
+            exports[row] = meta_train_row(row, root / row, args.minutes, args.meta_steps, args.data_dir)
     labelled = dict(spec.split("=", 1) for spec in args.extra)
     # lopt-evaluate names each row after its file's stem, so every export is linked under its row's name
     named = root / "exports"

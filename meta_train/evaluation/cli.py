@@ -163,14 +163,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         evaluation_run.check_tensorboard(args.tensorboard, "--tensorboard")
-        if args.suite is not None and args.tensorboard == "off":
-            raise evaluation_run.EvaluationError("--tensorboard off is not available with --suite yet (a suite writes "
-                                                 "events when tensorboardX is installed)")
         spec = spec_from_args(args)
         with folder_lock(args.out, "lopt-evaluate"):
             if args.suite is not None:
                 result = suite_report.run_suite(suites.get_suite(args.suite), spec, args.out,
-                                                show_progress=not args.no_progress)
+                                                show_progress=not args.no_progress, tensorboard=args.tensorboard)
             else:
                 result = evaluation_run.run_evaluation(spec, args.out, show_progress=not args.no_progress,
                                                        tensorboard=args.tensorboard)

@@ -157,12 +157,13 @@ def format_report(suite: Suite, spec: evaluation_run.Spec, per_task: Dict[str, A
 
 
 def run_suite(suite: Suite, spec: evaluation_run.Spec, out: str | Path, *,
-              show_progress: bool = True) -> Dict[str, Any]:
-    """Runs (or resumes) `spec`, built from `suite`, into `out`; writes lopt-evaluate's outputs plus the suite
-    report."""
+              show_progress: bool = True, tensorboard: str = "auto") -> Dict[str, Any]:
+    """Runs (or resumes) `spec`, built from `suite`, into `out`; writes lopt-evaluate's outputs (TensorBoard events
+    as `tensorboard` says: "auto", "on" or "off") plus the suite report."""
+    evaluation_run.check_tensorboard(tensorboard)
     out, labels, results = evaluation_run.run_units(spec, out, show_progress=show_progress)
     combined = summary.aggregate(spec, labels, results)
-    summary.write_outputs(spec, out, combined)
+    summary.write_outputs(spec, out, combined, tensorboard)
     per_task = {label: per_task_metrics(suite, spec.baselines, setting)
                 for label, setting in combined["settings"].items()}
     overall = across_tasks(suite, spec.baselines, per_task)
