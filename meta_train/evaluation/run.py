@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -286,10 +287,16 @@ def run_units(spec: Spec, out: str | Path, *, show_progress: bool = True) -> Tup
     progress = tqdm(total=len(units), initial=len(results), desc="evaluate", unit="run", disable=not show_progress,
                     dynamic_ncols=True, file=sys.stderr)
     try:
+        previous_setting = None
         for unit in units:
             key = result_key(unit)
             if key in results:
                 continue
+            if previous_setting is not None and unit.setting.label != previous_setting:
+                # Compiled programs of a finished setting are not needed again; a 9-task suite with 6 optimizers
+                # exhausted 23 GB of memory while keeping them all.
+                jax.clear_caches()
+            previous_setting = unit.setting.label
             progress.set_postfix_str(f"{unit.setting.label} / {unit.label} / seed {unit.seed}")
             optimizer = {"learned": loaded, "learned_lr": sweeps, "baseline": baselines}[unit.kind][unit.label]
             curves = _run_unit(unit, spec, families[unit.setting.label], optimizer, task_keys)
