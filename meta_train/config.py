@@ -243,8 +243,14 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
 
 
 def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> ml_collections.ConfigDict:
-    """Applies `--config.key=value` (or `--config.key value`) arguments to `config` and returns it."""
+    """Applies `--config.key=value` (or `--config.key value`) arguments to `config` and returns it.
+
+    Overrides that choose another part of a registry group (`--config.meta_train.horizon.name=log_uniform`)
+    are applied first and empty that group's `kwargs`, which belonged to the previous part; the
+    group's `kwargs` overrides on the same command line then set the new part's arguments.
+    """
     args = list(args)
+    pairs = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -258,8 +264,18 @@ def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> m
             i += 1
         else:
             raise ConfigError(f"{arg} has no value")
-        apply_override(config, dotted, text)
+        pairs.append((dotted, text))
         i += 1
+    renames = [(d, t) for d, t in pairs if d.endswith(".name") and d[: -len(".name")] in NAMED_GROUPS]
+    for dotted, text in renames:
+        top, key = dotted[: -len(".name")].split(".")
+        group = config[top][key]
+        if isinstance(group, ml_collections.ConfigDict) and group.get("name") != _parse_value(text):
+            group.kwargs = ml_collections.ConfigDict()
+        apply_override(config, dotted, text)
+    for dotted, text in pairs:
+        if (dotted, text) not in renames:
+            apply_override(config, dotted, text)
     return config
 
 

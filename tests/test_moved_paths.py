@@ -81,3 +81,15 @@ def test_use_all_cores_gives_a_default_trainer_the_command_lines_device_split(tm
     count, expected, mode, used, finite = done.stdout.split()
     assert int(count) == int(expected) == int(used) and finite == "True"
     assert mode == ("shard_map" if int(count) > 1 else "none")
+
+
+def test_choosing_another_horizon_on_the_command_line_starts_from_its_own_defaults():
+    config = config_lib.load_config(REPO / "configs" / "generalist.py")
+    assert config.meta_train.horizon.name == "log_uniform" and config.meta_train.horizon.kwargs.high == 2000
+    config_lib.parse_overrides(config, ["--config.meta_train.horizon.kwargs.length=300",
+                                        "--config.meta_train.horizon.name=constant"])
+    assert config.meta_train.horizon.to_dict() == {"name": "constant", "kwargs": {"length": 300}}
+    same = config_lib.load_config(REPO / "configs" / "generalist.py")
+    config_lib.parse_overrides(same, ["--config.meta_train.horizon.name=log_uniform",
+                                      "--config.meta_train.horizon.kwargs.high=500"])
+    assert same.meta_train.horizon.kwargs.to_dict() == {"low": 100, "high": 500}
