@@ -36,7 +36,7 @@ import optax
 
 from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, NumSteps, register
 from lopt.lo_features import EPSILON, factored_dims, safe_rsqrt
-from lopt.tensor_map import map_block_ranges, map_block_starts, map_blocks
+from lopt.tensor_map import map_block_ranges, map_block_starts, map_blocks, parameter_path
 
 Array = jax.Array
 
@@ -82,19 +82,6 @@ class Celo2AdamState(NamedTuple):
 
 class Celo2Error(LearnedOptimizerError):
     """A Celo2 optimizer was built with invalid arguments or given meta-parameters it cannot read."""
-
-
-def parameter_path(path: Tuple[Any, ...]) -> str:
-    """Returns a pytree key path as its keys joined by "/" (e.g. "dense/b"), the string `adam_regex` is matched against."""
-    parts = []
-    for entry in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(entry, attribute):
-                parts.append(str(getattr(entry, attribute)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def adam_branch_labels(params: Any, adam_regex: Optional[str]) -> Any:

@@ -1,4 +1,5 @@
-"""Mapping per-tensor functions over a parameter tree, and blocked application within a tensor."""
+"""Mapping per-tensor functions over a parameter tree, blocked application within a tensor, and the
+slash-joined names of a tree's leaves."""
 
 from __future__ import annotations
 
@@ -50,3 +51,16 @@ def map_blocks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block_size: i
         return fn(x)
     return map_block_ranges(
         lambda start, length: fn(jax.lax.dynamic_slice_in_dim(x, start, length, axis)), size, block_size)
+
+
+def parameter_path(path: Tuple[Any, ...]) -> str:
+    """Returns a pytree key path as its keys joined by "/" (e.g. "dense/b"), the string `adam_regex` is matched against."""
+    parts = []
+    for entry in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                parts.append(str(getattr(entry, attribute)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)

@@ -20,7 +20,9 @@ import lopt
 import tasks
 from meta_train import meta_lr_schedules  # noqa: F401 - registers the schedules
 from meta_train import registry
-from meta_train.config import ConfigError, parse_phases, reparameterize_choices, validate
+from meta_train.config import (
+    ConfigError, load_config, parse_overrides, parse_phases, reparameterize_choices, validate,
+)
 from meta_train.estimator import Estimator
 from meta_train.horizons import Horizon
 from meta_train.parallel import TaskParallelism
@@ -176,6 +178,4 @@ def build(config: ml_collections.ConfigDict) -> Run:
 
 def build_from_file(path: str, overrides: Optional[Sequence[str]] = None) -> Run:
     """Returns the run the config file at `path` describes, with `--config.key=value` overrides applied."""
-    from meta_train.config import load_config, parse_overrides
-
     return build(parse_overrides(load_config(path), overrides or ()))

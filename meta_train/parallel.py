@@ -129,7 +129,7 @@ class TaskParallelism:
         that is one device (what a Trainer built without `parallelism` uses)."""
         if jax.process_count() > 1:
             return cls()
-        count = max(d for d in range(1, min(jax.device_count(), int(num_tasks)) + 1) if int(num_tasks) % d == 0)
+        count = host_device_count(-1, int(num_tasks), cores=jax.device_count())
         return cls("shard_map", count) if count > 1 else cls()
 
     def check_num_tasks(self, num_tasks: int) -> None:

@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import jax
 import numpy as np
 
+from lopt.tensor_map import parameter_path
+
 SETTINGS = ("auto", "on", "off")
 FOLDER = "tensorboard"
 INSTALL_COMMAND = 'pip install "lopt[tensorboard]"'
@@ -39,19 +41,6 @@ def missing_message(setting: str) -> str:
 def enabled(setting: str) -> bool:
     """Returns whether events are written under `setting` ("auto": when tensorboardX is installed, "on", "off")."""
     return setting == "on" or (setting == "auto" and available())
-
-
-def leaf_name(path: Any) -> str:
-    """Returns a pytree key path as a slash-separated name, e.g. `layers/0/w`."""
-    parts = []
-    for key in path:
-        for field in ("key", "name", "idx"):
-            if hasattr(key, field):
-                parts.append(str(getattr(key, field)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 class EventWriter:
@@ -102,7 +91,7 @@ class EventWriter:
             values = np.asarray(leaf, np.float64).reshape(-1)
             values = values[np.isfinite(values)]
             if values.size:
-                self._writer.add_histogram(f"{prefix}/{leaf_name(path)}", values, int(step))
+                self._writer.add_histogram(f"{prefix}/{parameter_path(path)}", values, int(step))
 
     def flush(self) -> None:
         """Writes queued events to disk."""

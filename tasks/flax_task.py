@@ -85,9 +85,10 @@ class FlaxTask(Task):
         carry its label noise."""
         family = self.family
         num_rows = dict(family.num_examples)[check_split(split)]
-        rows = jax.random.randint(key, (family.batch_size,), 0, num_rows)
         if split == "train" and "subset" in self.cfg:
             rows = self.cfg["subset"][jax.random.randint(key, (family.batch_size,), 0, family.subset_size)]
+        else:
+            rows = jax.random.randint(key, (family.batch_size,), 0, num_rows)
         x, y = family.x[split][rows], family.y[split][rows]
         if split == "train" and "label_noise" in self.cfg:
             y = self.noisy_labels(rows, y)

@@ -93,3 +93,8 @@ def test_choosing_another_horizon_on_the_command_line_starts_from_its_own_defaul
     config_lib.parse_overrides(same, ["--config.meta_train.horizon.name=log_uniform",
                                       "--config.meta_train.horizon.kwargs.high=500"])
     assert same.meta_train.horizon.kwargs.to_dict() == {"low": 100, "high": 500}
+
+
+def test_build_from_file_applies_overrides_like_the_command_line():
+    run = build_lib.build_from_file(str(REPO / "configs" / "quickstart.py"), ["--config.meta_train.num_tasks=4"])
+    assert run.trainer.estimator.num_tasks == 4 and run.learned_optimizer.name == "small_fc_lopt"

@@ -12,25 +12,19 @@ import pytest
 from meta_train import config as config_lib
 from meta_train import tensorboard
 from meta_train.run import meta_train
+from lopt.tensor_map import parameter_path
 from tests.helpers import evaluate_cli
+from tests.workdir_runs import write_tiny_config
 
 pytest.importorskip("tensorboardX")
 
 
-def tiny_config():
-    config = config_lib.base_config()
-    config.task.family = "quadratic"
-    config.task.kwargs.dim = 8
-    config.optimizer.name = "small_fc_lopt"
-    config.optimizer.kwargs.hidden_sizes = (8,)
-    config.optimizer.kwargs.step_mult = 0.01
-    config.meta_train.num_tasks = 4
-    config.meta_train.estimator.kwargs.trunc_length = 5
-    config.meta_train.horizon.kwargs.length = 20
-    config.meta_train.num_steps = 6
+def tiny_config(folder):
+    """The shared tiny config (tests/workdir_runs.py) with a checkpoint every 3 meta-steps."""
+    config_folder = folder / "config"
+    config_folder.mkdir(exist_ok=True)
+    config = config_lib.load_config(write_tiny_config(config_folder))
     config.checkpoint.every = 3
-    config.log_every = 1
-    config.eval.enabled = False
     return config
 
 
@@ -44,7 +38,7 @@ def histogram_steps(folder):
 
 
 def test_meta_training_events_match_metrics_and_histogram_each_meta_param(tmp_path):
-    config = tiny_config()
+    config = tiny_config(tmp_path)
     config.tensorboard.mode = "on"
     summary = meta_train(config, tmp_path, show_progress=False)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -57,7 +51,7 @@ def test_meta_training_events_match_metrics_and_histogram_each_meta_param(tmp_pa
     import lopt
 
     params = lopt.load(summary["export"]).meta_params
-    leaves = {"meta_params/" + tensorboard.leaf_name(path)
+    leaves = {"meta_params/" + parameter_path(path)
               for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
     histograms = histogram_steps(tmp_path / tensorboard.FOLDER)
     assert set(histograms) == leaves and len(leaves) >= 2
@@ -65,7 +59,7 @@ def test_meta_training_events_match_metrics_and_histogram_each_meta_param(tmp_pa
 
 
 def test_a_resumed_run_hides_events_written_past_its_checkpoint(tmp_path):
-    config = tiny_config()
+    config = tiny_config(tmp_path)
     config.meta_train.num_steps = 3
     meta_train(config, tmp_path, show_progress=False)
     with tensorboard.EventWriter(tmp_path / tensorboard.FOLDER) as crashed:  # an invocation killed after step 3
@@ -81,7 +75,7 @@ def test_a_resumed_run_hides_events_written_past_its_checkpoint(tmp_path):
 
 def test_tensorboard_on_without_tensorboardx_is_a_one_line_config_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
-    config = tiny_config()
+    config = tiny_config(tmp_path)
     config.tensorboard.mode = "on"
     with pytest.raises(config_lib.ConfigError) as raised:
         meta_train(config, tmp_path, show_progress=False)
@@ -95,8 +89,8 @@ def test_tensorboard_on_without_tensorboardx_is_a_one_line_config_error(tmp_path
     assert (tmp_path / "metrics.jsonl").exists() and not (tmp_path / tensorboard.FOLDER).exists()
 
 
-def test_bad_tensorboard_settings_are_config_errors():
-    config = tiny_config()
+def test_bad_tensorboard_settings_are_config_errors(tmp_path):
+    config = tiny_config(tmp_path)
     config.tensorboard.mode = "yes"
     with pytest.raises(config_lib.ConfigError, match="tensorboard.mode must be one of"):
         config_lib.validate(config)

@@ -30,6 +30,7 @@ from meta_train.evaluation import summary
 from meta_train.evaluation.summary import PLOT_FILE, RESULT_FILE, TABLE_FILE  # noqa: F401 - re-exported
 from meta_train.files import write_text_atomic
 from meta_train.files import prepare_workdir, tree_digest
+from meta_train.trainer import numbered_labels
 
 ARGUMENTS_FILE = "arguments.json"
 DEFAULT_LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
@@ -94,14 +95,7 @@ def _slug(text: str) -> str:
 
 def unique_labels(names: Sequence[str]) -> List[str]:
     """Returns path-safe labels for `names`, numbering repeats (`a`, `a-2`, ...)."""
-    labels: List[str] = []
-    for name in names:
-        label, count = _slug(name), 2
-        while label in labels:
-            label = f"{_slug(name)}-{count}"
-            count += 1
-        labels.append(label)
-    return labels
+    return numbered_labels([_slug(name) for name in names])
 
 
 def optimizer_label(source: str) -> str:
