@@ -11,6 +11,7 @@ from lopt.base import LearnedOptimizer, LearnedOptimizerError, MetaParams, get, 
 from lopt.celo import Celo, CeloState
 from lopt.celo2 import Celo2, Celo2RuleState
 from lopt.celo_lo import CeloLO, CeloLOState
+from lopt.conv_lopt import ConvLOpt, ConvLOptState
 from lopt.export import ExportError, LoadedOptimizer, load, save
 from lopt.hand_designed import (SGD, Adam, AdamCosine, AdamW, AdamWCosine, HandDesigned, Muon, RMSProp,
                                  ScheduleFreeAdamW, SGDMomentum)
@@ -25,7 +26,7 @@ from lopt.published import PublishedCheckpointError, import_learned_optimization
 __all__ = [
     "Adam", "AdamMultiplier", "AdamW", "AdafacMLPLOpt", "AdafacMLPState", "AttentionLOpt", "AttentionState",
     "AdamCosine", "AdamWCosine", "Muon", "ScheduleFreeAdamW",
-    "Celo", "Celo2", "Celo2RuleState", "CeloState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState",
+    "Celo", "Celo2", "Celo2RuleState", "CeloState", "ConvLOpt", "ConvLOptState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState",
     "L2LLSTM", "L2LState",
     "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer",
     "MetaParams", "SmallFcLOpt", "SmallFcLOptState", "normalization", "RMSProp", "SGD", "SGDMomentum", "features", "get", "load", "register",

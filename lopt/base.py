@@ -79,6 +79,21 @@ class LearnedOptimizer:
                       "transformation(meta_params, ...)", DeprecationWarning, stacklevel=2)
         return self.transformation(meta_params, num_steps=num_steps, **kwargs)
 
+    def update_feature_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Returns the per-sample shape of each feature array `update_from_features` reads, one per network of
+        the update rule (optional: optimizers that expose their rule this way override both methods)."""
+        raise LearnedOptimizerError(
+            f"optimizer {self.name!r} does not expose its update as a function of its input features "
+            "(update_feature_shapes / update_from_features), which the smoothness regulariser needs")
+
+    def update_from_features(self, meta_params: MetaParams, features: Dict[str, Array]) -> Dict[str, Array]:
+        """Returns the update rule's steps, in units of the optimizer's fixed step scale, for `features[name]` of
+        shape `[n, *update_feature_shapes()[name]]`: one output per parameter the features describe, shaped
+        `[n, ...]` (optional; see `update_feature_shapes`)."""
+        del meta_params, features
+        self.update_feature_shapes()
+        raise NotImplementedError
+
     def trainable_mask(self, meta_params: MetaParams, phase: str = "all") -> Any:
         """Returns a pytree of bools shaped like `meta_params`: which meta-params a meta-training phase changes.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Sequence, Tuple
+from typing import Dict, NamedTuple, Sequence, Tuple
 
 import chex
 import jax
@@ -170,6 +170,19 @@ class SmallFcLOpt(LearnedOptimizer):
     def init(self, key: Array) -> MetaParams:
         """Returns the MLP weights: num_inputs -> hidden_sizes -> 2."""
         return init_mlp(key, (self.num_inputs, *self.hidden_sizes, 2))
+
+    def update_feature_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Returns {"mlp": (num_inputs,)}: one parameter's MLP inputs, in the order `transformation` feeds them
+        (normalised gradient, parameter and momenta, then time and, optionally, training-fraction features)."""
+        return {"mlp": (self.num_inputs,)}
+
+    def update_from_features(self, meta_params: MetaParams, features: Dict[str, Array]) -> Dict[str, Array]:
+        """Returns {"mlp": [n]}: the MLP's `direction * exp(magnitude * exp_mult)` (the step before `step_mult`
+        and muLO scaling, negated by `transformation`) for each row of `features["mlp"]`, `[n, num_inputs]`."""
+        inputs = features["mlp"]
+        chex.assert_shape(inputs, (None, self.num_inputs))
+        first_layer = meta_params["w0"].T @ inputs.T + meta_params["b0"][:, None]
+        return {"mlp": column_mlp_steps(meta_params, first_layer, len(self.hidden_sizes) + 1, 1.0, self.exp_mult)}
 
     def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None

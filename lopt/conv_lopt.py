@@ -1,0 +1,234 @@
+"""conv_lopt: a learned convolution over the spatial axes of conv kernels' gradient and momentum maps, read with
+per-parameter features by an MLP head; every other tensor gets small_fc_lopt's per-parameter MLP."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, NamedTuple, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt import features
+from lopt import tensor_map
+from lopt.base import LearnedOptimizer, MetaParams, NumSteps, register
+from lopt.small_fc_lopt import SmallFcLOpt, SmallFcLOptState, channel_major_features, column_mlp_steps, init_mlp
+
+Array = jax.Array
+
+# The spatial convolution reads its maps as [channels, height, width, batch], where the batch is every
+# (in, out) channel pair of one kernel, and writes its features the same way, so neither needs a transpose
+# back to the kernel's own element order.
+MAP_DIMENSIONS = ("CHWN", "HWIO", "CHWN")
+
+
+class ConvLOptState(NamedTuple):
+    """Optimizer state: momenta `[num_decays, size]` of each conv kernel in tree order, small_fc_lopt's state
+    over all other tensors, and the step count."""
+
+    conv_momenta: Tuple[Array, ...]
+    fallback: SmallFcLOptState
+    iteration: Array
+
+
+def is_conv_kernel(leaf: Array) -> bool:
+    """Returns whether conv_lopt treats a parameter as a conv kernel: every 4-d tensor, read as HWIO
+    `[height, width, in, out]` (the layout of tasks.cnn_image and flax.linen.Conv); decided from the static shape."""
+    return jnp.ndim(leaf) == 4
+
+
+def init_spatial_conv(key: Array, kernel_size: int, channels: Tuple[int, ...]) -> MetaParams:
+    """Returns LeCun-normal `[k, k, in, out]` kernels and zero biases of a stack of convolutions with the given
+    channel widths (the first entry is the number of input maps)."""
+    params = {}
+    keys = jax.random.split(key, len(channels) - 1)
+    for i, (fan_in, fan_out) in enumerate(zip(channels[:-1], channels[1:])):
+        shape = (kernel_size, kernel_size, fan_in, fan_out)
+        params[f"w{i}"] = jax.random.normal(keys[i], shape, jnp.float32) / jnp.sqrt(kernel_size * kernel_size * fan_in)
+        params[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
+    return params
+
+
+def spatial_features(conv_params: MetaParams, maps: Array, num_layers: int) -> Array:
+    """Returns the learned convolution's features `[channels_out, h, w, batch]` of `maps` `[channels_in, h, w,
+    batch]`: stride-1, zero-padded ("SAME") convolutions over (h, w), ReLU between layers, the last one linear.
+
+    Each batch entry (one (in, out) channel pair of a kernel) is convolved on its own.
+    """
+    hidden = maps
+    for i in range(num_layers):
+        hidden = jax.lax.conv_general_dilated(hidden, conv_params[f"w{i}"], (1, 1), "SAME",
+                                              dimension_numbers=MAP_DIMENSIONS)
+        hidden = hidden + conv_params[f"b{i}"][:, None, None, None]
+        if i < num_layers - 1:
+            hidden = jax.nn.relu(hidden)
+    return hidden
+
+
+@register("conv_lopt")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConvLOpt(LearnedOptimizer):
+    """A learned optimizer that sees the spatial structure of conv kernels' gradients.
+
+    For each conv kernel (every 4-d parameter, read as HWIO `[h, w, in, out]`; `is_conv_kernel`),
+    the gradient and its momenta are normalised per tensor as in small_fc_lopt, and each
+    `[h, w]` map of one (in, out) channel pair is convolved by a small learned network
+    (`conv_channels` widths, `conv_kernel_size` square kernels, zero padding, so the output keeps
+    the kernel's shape). Its `conv_channels[-1]` features join each element's normalised
+    gradient, parameter and momenta and the time features as the inputs of a per-element MLP
+    head (`hidden_sizes`, two outputs), whose step is `direction * exp(magnitude * exp_mult) *
+    step_mult` as in small_fc_lopt. Every other tensor (dense weights, biases) is updated by a
+    small_fc_lopt with the same settings and its own meta-parameters ("fallback").
+
+    Meta-params: {"conv": the spatial convolutions, "head": the MLP head, "fallback":
+    small_fc_lopt's}. State per conv-kernel parameter: the momenta, like small_fc_lopt.
+    """
+
+    hidden_sizes: Tuple[int, ...] = (32, 32)
+    conv_channels: Tuple[int, ...] = (8,)
+    conv_kernel_size: int = 3
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    momentum_decays: Tuple[float, ...] = features.MOMENTUM_DECAYS
+    time_scales: Tuple[float, ...] = features.TIME_SCALES
+    block_size: int = 32768
+
+    def __post_init__(self) -> None:
+        """Converts the fields to their declared types and checks their ranges."""
+        super().__post_init__()
+        if not self.conv_channels or not all(c >= 1 for c in self.conv_channels):
+            raise ValueError(f"conv_channels must be one or more positive widths, got {self.conv_channels}")
+        if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel_size must be a positive odd number, got {self.conv_kernel_size}")
+        self.fallback_optimizer  # checks the settings the two share
+
+    @property
+    def fallback_optimizer(self) -> SmallFcLOpt:
+        """The small_fc_lopt that updates every tensor that is not a conv kernel."""
+        return SmallFcLOpt(hidden_sizes=self.hidden_sizes, step_mult=self.step_mult, exp_mult=self.exp_mult,
+                           momentum_decays=self.momentum_decays, time_scales=self.time_scales,
+                           block_size=self.block_size)
+
+    @property
+    def num_param_features(self) -> int:
+        """Per-element inputs of the head besides the convolution's: gradient, parameter and one per momentum."""
+        return 2 + len(self.momentum_decays)
+
+    @property
+    def num_maps(self) -> int:
+        """Maps the spatial convolution reads: the gradient and one per momentum decay."""
+        return 1 + len(self.momentum_decays)
+
+    @property
+    def receptive_field(self) -> int:
+        """Width of the square of a kernel's elements whose gradients one element's convolution features read."""
+        return len(self.conv_channels) * (self.conv_kernel_size - 1) + 1
+
+    def init(self, key: Array) -> MetaParams:
+        """Returns {"conv", "head", "fallback"}: LeCun-normal weights and zero biases."""
+        conv_key, head_key, fallback_key = jax.random.split(key, 3)
+        head_inputs = self.num_param_features + self.conv_channels[-1] + len(self.time_scales)
+        return {
+            "conv": init_spatial_conv(conv_key, self.conv_kernel_size, (self.num_maps, *self.conv_channels)),
+            "head": init_mlp(head_key, (head_inputs, *self.hidden_sizes, 2)),
+            "fallback": self.fallback_optimizer.init(fallback_key),
+        }
+
+    def _head_columns(self, meta_params: MetaParams, element_features: Array) -> Array:
+        """Returns the head's inputs besides time, `[param features + conv features, size]`, of one kernel's
+        normalised element features `[param features, h, w, batch]`."""
+        num_features = element_features.shape[0]
+        maps = jnp.concatenate([element_features[:1], element_features[2:]])
+        conv = spatial_features(meta_params["conv"], maps, len(self.conv_channels))
+        return jnp.concatenate([element_features, conv]).reshape(num_features + conv.shape[0], -1)
+
+    def transformation(
+        self, meta_params: MetaParams, *, num_steps: NumSteps = None
+    ) -> optax.GradientTransformationExtraArgs:
+        """Returns the optax transformation that applies the convolution and head with weights `meta_params`."""
+        del num_steps
+        decays = jnp.asarray(self.momentum_decays, jnp.float32)
+        num_decays = len(self.momentum_decays)
+        num_layers = len(self.hidden_sizes) + 1
+        step_mult, exp_mult, time_scales, block_size = self.step_mult, self.exp_mult, self.time_scales, self.block_size
+        fallback = self.fallback_optimizer.transformation(meta_params["fallback"])
+        head = meta_params["head"]
+        num_columns = self.num_param_features + self.conv_channels[-1]
+
+        def split(leaves):
+            conv = [leaf for leaf in leaves if is_conv_kernel(leaf)]
+            return conv, [leaf for leaf in leaves if not is_conv_kernel(leaf)]
+
+        def init_fn(params):
+            conv, other = split(jax.tree.leaves(params))
+            return ConvLOptState(
+                conv_momenta=tuple(jnp.zeros((num_decays, jnp.size(p)), jnp.float32) for p in conv),
+                fallback=fallback.init(other),
+                iteration=jnp.zeros((), jnp.int32),
+            )
+
+        def update_fn(grads, state, params=None, **extra_args):
+            if params is None:
+                raise ValueError("conv_lopt needs params: call update(grads, state, params)")
+            chex.assert_trees_all_equal_shapes(grads, params)
+            param_leaves, treedef = jax.tree.flatten(params)
+            grad_leaves = treedef.flatten_up_to(grads)
+            conv_params, other_params = split(param_leaves)
+            conv_grads, other_grads = split(grad_leaves)
+            if len(state.conv_momenta) != len(conv_params):
+                raise ValueError(f"optimizer state holds momenta for {len(state.conv_momenta)} conv kernels, "
+                                 f"params have {len(conv_params)}")
+            chex.assert_shape(list(state.conv_momenta), [(num_decays, p.size) for p in conv_params])
+            other_updates, fallback_state = fallback.update(other_grads, state.fallback, other_params, **extra_args)
+
+            time_input = features.time_features(state.iteration, time_scales)
+            first_bias = (time_input @ head["w0"][num_columns:] + head["b0"])[:, None]
+            first_weight = head["w0"][:num_columns].T
+
+            def column_steps(columns):
+                return column_mlp_steps(head, first_weight @ columns + first_bias, num_layers, step_mult, exp_mult)
+
+            conv_updates, conv_momenta = [], []
+            for grad, param, momentum in zip(conv_grads, conv_params, state.conv_momenta):
+                flat_grad = jnp.ravel(grad).astype(jnp.float32)
+                momentum = features.update_emas(momentum, flat_grad, decays, channel_axis=0)
+                rows = channel_major_features(flat_grad, jnp.ravel(param).astype(jnp.float32), momentum)
+                height, width = param.shape[:2]
+                columns = self._head_columns(meta_params, rows.reshape(rows.shape[0], height, width, -1))
+                steps = tensor_map.map_blocks(column_steps, columns, block_size, axis=1)
+                conv_updates.append((-steps).reshape(param.shape).astype(param.dtype))
+                conv_momenta.append(momentum)
+
+            conv_iter, other_iter = iter(conv_updates), iter(other_updates)
+            updates = [next(conv_iter) if is_conv_kernel(p) else next(other_iter) for p in param_leaves]
+            new_state = ConvLOptState(tuple(conv_momenta), fallback_state, state.iteration + 1)
+            return jax.tree.unflatten(treedef, updates), new_state
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+    def update_feature_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Returns {"conv": (r, r, inputs), "fallback": (inputs,)}: an r x r patch of a conv kernel (r the
+        receptive field) whose elements each have the normalised gradient, parameter and momenta and the time
+        features, and one fallback parameter's small_fc_lopt inputs."""
+        num_inputs = self.num_param_features + len(self.time_scales)
+        width = self.receptive_field
+        return {"conv": (width, width, num_inputs), "fallback": (num_inputs,)}
+
+    def update_from_features(self, meta_params: MetaParams, features: Dict[str, Array]) -> Dict[str, Array]:
+        """Returns {"conv": [n, r, r], "fallback": [n]}: the steps before `step_mult` (negated by `transformation`)
+        of every element of each patch in `features["conv"]` (convolved with zero padding, as if the patch were a
+        whole kernel) and of each fallback parameter in `features["fallback"]`."""
+        patches = features["conv"]
+        chex.assert_shape(patches, (None, *self.update_feature_shapes()["conv"]))
+        num_features = self.num_param_features
+        num_patches, height, width, _ = patches.shape
+        channel_major = jnp.transpose(patches, (3, 1, 2, 0))  # [inputs, r, r, n]: the maps' layout
+        columns = self._head_columns(meta_params, channel_major[:num_features])
+        times = channel_major[num_features:].reshape(len(self.time_scales), -1)
+        head = meta_params["head"]
+        first_layer = head["w0"].T @ jnp.concatenate([columns, times]) + head["b0"][:, None]
+        steps = column_mlp_steps(head, first_layer, len(self.hidden_sizes) + 1, 1.0, self.exp_mult)
+        fallback = self.fallback_optimizer.update_from_features(meta_params["fallback"], {"mlp": features["fallback"]})
+        return {"conv": jnp.moveaxis(steps.reshape(height, width, num_patches), -1, 0), "fallback": fallback["mlp"]}
