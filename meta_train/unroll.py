@@ -8,7 +8,8 @@ diverges.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+import math
+from typing import Any, NamedTuple, Optional, Tuple
 
 import chex
 import jax
@@ -38,7 +39,9 @@ class TruncationResult(NamedTuple):
     """Per-step outputs of one truncation for one task: losses are [steps, particles].
 
     `normalized_losses` are before clipping (NaN where not finite); `clipped` counts the finite
-    ones above `max_meta_loss`, which the meta-loss replaces by that constant.
+    ones above `max_meta_loss`, which the meta-loss replaces by that constant. `log_probs`
+    [steps, particles] are the log-densities of the sampled actions when the truncation ran the
+    optimizer as a Gaussian policy (`action_std` given), else None.
     """
 
     meta_losses: Array
@@ -47,10 +50,26 @@ class TruncationResult(NamedTuple):
     nonfinite: Array
     normalized_losses: Array
     clipped: Array
+    log_probs: Optional[Array] = None
 
 
 def _where_tree(condition: Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
+def gaussian_policy_action(mean_updates: Any, std: Array, key: Array) -> Tuple[Any, Array]:
+    """Returns (action, log-density): the action `mean_updates + std * noise` is held constant for autodiff,
+    while its log-density under N(mean_updates, std^2 I) stays differentiable in the mean and std."""
+    leaves, treedef = jax.tree.flatten(mean_updates)
+    keys = jax.random.split(key, len(leaves))
+    actions, log_prob = [], jnp.zeros((), jnp.float32)
+    for leaf_key, mean in zip(keys, leaves):
+        mean32 = mean.astype(jnp.float32)
+        action = jax.lax.stop_gradient(mean32 + std * jax.random.normal(leaf_key, mean.shape, jnp.float32))
+        standardized = (action - mean32) / std
+        log_prob = log_prob + jnp.sum(-0.5 * jnp.square(standardized) - jnp.log(std) - 0.5 * math.log(2 * math.pi))
+        actions.append(action.astype(mean.dtype))
+    return jax.tree.unflatten(treedef, actions), log_prob
 
 
 def _tree_all_finite(tree: Any) -> Array:
@@ -103,30 +122,42 @@ class TruncatedUnroll:
         """Returns a task's first inner run, with a shortened random horizon to stagger restarts."""
         return self.fresh_state(particle_meta_params, key, first=True)
 
-    def truncation(self, particle_meta_params: Any, state: TaskState, key: Array, num_steps: int):
-        """Advances one task's particles by `num_steps` inner steps; returns (new state, TruncationResult)."""
+    def truncation(self, particle_meta_params: Any, state: TaskState, key: Array, num_steps: int,
+                   action_std: Optional[Array] = None):
+        """Advances one task's particles by `num_steps` inner steps; returns (new state, TruncationResult).
+
+        With `action_std` (a scalar) the optimizer runs as a Gaussian policy: each particle applies
+        its update plus its own noise of that standard deviation, the parameters are not
+        differentiated through, and the result holds each action's log-density (differentiable).
+        """
         fresh_key, steps_key = jax.random.split(key)
         fresh = self.fresh_state(particle_meta_params, fresh_key)
+        num_particles = jax.tree.leaves(particle_meta_params)[0].shape[0]
 
         def one_step(state: TaskState, step_key: Array):
             task = self.family.task(state.cfg)
             batch_key, loss_key, valid_key = jax.random.split(step_key, 3)
             batch = task.sample_batch(batch_key, "train")
             valid_batch = task.sample_batch(valid_key, "valid") if self.meta_loss == "valid" else None
+            noise_keys = None if action_std is None else jax.random.split(
+                jax.random.fold_in(step_key, 1), num_particles)
 
-            def particle_step(theta, params, opt_state):
+            def particle_step(theta, params, opt_state, noise_key):
                 transformation = self.learned_optimizer.transformation(theta, num_steps=state.horizon)
                 loss, grads = jax.value_and_grad(task.loss)(params, loss_key, batch)
                 updates, opt_state = transformation.update(grads, opt_state, params, loss=loss)
+                log_prob = None
+                if action_std is not None:
+                    updates, log_prob = gaussian_policy_action(updates, action_std, noise_key)
                 params = optax.apply_updates(params, updates)
                 if self.meta_loss == "valid":
                     meta_loss = task.normalizer(task.loss(params, loss_key, valid_batch))
                 else:
                     meta_loss = task.normalizer(loss)
-                return params, opt_state, loss, meta_loss
+                return params, opt_state, loss, meta_loss, log_prob
 
-            params, opt_state, raw_loss, meta_loss = jax.vmap(particle_step)(
-                particle_meta_params, state.params, state.opt_state
+            params, opt_state, raw_loss, meta_loss, log_prob = jax.vmap(particle_step)(
+                particle_meta_params, state.params, state.opt_state, noise_keys
             )
             finite = jnp.isfinite(meta_loss) & jnp.isfinite(raw_loss)
             bounded = jnp.where(finite, jnp.minimum(meta_loss, self.max_meta_loss), self.max_meta_loss)
@@ -138,7 +169,7 @@ class TruncatedUnroll:
             new_state = _where_tree(reset, fresh, stepped)
             nonfinite = jnp.sum(~finite).astype(jnp.int32)
             normalized = jnp.where(finite, meta_loss, jnp.nan)
-            return new_state, TruncationResult(bounded, raw_loss, reset, nonfinite, normalized, num_clipped)
+            return new_state, TruncationResult(bounded, raw_loss, reset, nonfinite, normalized, num_clipped, log_prob)
 
         step_keys = jax.random.split(steps_key, num_steps)
         return jax.lax.scan(one_step, state, step_keys)
