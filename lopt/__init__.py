@@ -13,6 +13,9 @@ from lopt.celo2 import Celo2, Celo2RuleState
 from lopt.celo_lo import CeloLO, CeloLOState
 from lopt.conv_lopt import ConvLOpt, ConvLOptState
 from lopt.export import ExportError, LoadedOptimizer, load, save
+from lopt import feature_sets
+from lopt import update_arguments
+from lopt.feature_lopt import FeatureLOpt, FeatureLOptState
 from lopt.hand_designed import (SGD, Adam, AdamCosine, AdamW, AdamWCosine, HandDesigned, Muon, RMSProp,
                                  ScheduleFreeAdamW, SGDMomentum)
 from lopt.hyper_lstm import HyperLSTM, HyperLSTMState
@@ -26,7 +29,7 @@ from lopt.published import PublishedCheckpointError, import_learned_optimization
 __all__ = [
     "Adam", "AdamMultiplier", "AdamW", "AdafacMLPLOpt", "AdafacMLPState", "AttentionLOpt", "AttentionState",
     "AdamCosine", "AdamWCosine", "Muon", "ScheduleFreeAdamW",
-    "Celo", "Celo2", "Celo2RuleState", "CeloState", "ConvLOpt", "ConvLOptState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState",
+    "Celo", "Celo2", "FeatureLOpt", "FeatureLOptState", "feature_sets", "update_arguments", "Celo2RuleState", "CeloState", "ConvLOpt", "ConvLOptState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState",
     "L2LLSTM", "L2LState",
     "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer",
     "MetaParams", "SmallFcLOpt", "SmallFcLOptState", "normalization", "RMSProp", "SGD", "SGDMomentum", "features", "get", "load", "register",

@@ -48,6 +48,12 @@ class Task:
         """Maps a raw loss onto the family-wide scale: about 1 at initialisation, towards 0 when trained."""
         return loss
 
+    def domain_features(self) -> Optional[Array]:
+        """Returns a small float32 vector describing this problem (e.g. the finance family's asset class and
+        volatility), which a learned optimizer reading `domain` features receives as `update(...,
+        domain_features=...)`; None (the default): the task has none."""
+        return None
+
 
 _ARRAY_TYPES = (np.ndarray, jax.Array, jax.ShapeDtypeStruct)
 

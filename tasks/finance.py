@@ -48,6 +48,31 @@ TARGETS = ("volatility", "return")
 FEATURE_SETS = {"returns": (1.0, 0.0), "abs_returns": (0.0, 1.0), "returns_and_abs": (1.0, 1.0)}
 _SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2}
 _CLIP = 10.0
+ASSET_CLASSES = ("stock", "currency", "index", "commodity", "synthetic")
+# A task's domain vector (FinanceTask.domain_features): its asset class one-hot, then its volatility.
+DOMAIN_FEATURES = tuple(f"asset_class_{c}" for c in ASSET_CLASSES) + ("log_volatility",)
+_INDEX_NAMES = ("sp500", "nasdaq")
+_COMMODITY_NAMES = ("wti",)
+
+
+def asset_class(name: str) -> str:
+    """Returns the asset class of a series named as tasks.finance_data names them: `fx:...` currencies,
+    `synthetic_..` synthetic, the `indices` market's sp500 and nasdaq indices and wti oil (a commodity);
+    any other name (S&P 500 tickers, custom series) is a stock."""
+    if name.startswith("fx:"):
+        return "currency"
+    if name.startswith("synthetic_"):
+        return "synthetic"
+    if name in _INDEX_NAMES:
+        return "index"
+    if name in _COMMODITY_NAMES:
+        return "commodity"
+    return "stock"
+
+
+def log_volatility_feature(daily_volatility: np.ndarray) -> np.ndarray:
+    """Returns log10(volatility) + 2 clipped to [-3, 3]: 0 at 1% a day, -1 at 0.1%, +1 at 10%."""
+    return np.clip(np.log10(np.maximum(daily_volatility, 1e-12)) + 2.0, -3.0, 3.0)
 
 
 class FinanceTask(Task):
@@ -85,6 +110,14 @@ class FinanceTask(Task):
         chex.assert_equal_shape([y, weight])
         error = jnp.square(self.apply(params, x) - y)
         return (jnp.sum(weight * error) / jnp.maximum(jnp.sum(weight), 1.0)).astype(jnp.float32)
+
+    def domain_features(self) -> Array:
+        """Returns the DOMAIN_FEATURES of the task's asset: its asset class one-hot and log_volatility_feature of
+        the root mean square of its valid daily returns over its train split (float32 [6])."""
+        asset = self.cfg["asset"]
+        classes = jnp.asarray(self.family.asset_class_ids, jnp.int32)[asset]
+        volatility = jnp.asarray(self.family.asset_volatility_features, jnp.float32)[asset]
+        return jnp.concatenate([jax.nn.one_hot(classes, len(ASSET_CLASSES), dtype=jnp.float32), volatility[None]])
 
 
 @register("finance")
@@ -160,6 +193,9 @@ class FinanceFamily(TaskFamily):
         if np.any(np.diff(bounds, axis=1) < self.horizon):
             raise TaskError(f"finance: an asset has too few days for its splits; raise min_days (now {min_days})")
         self.series = _HostSeries(series)
+        self.asset_class_ids = tuple(ASSET_CLASSES.index(asset_class(name)) for name in series.names)
+        self.asset_volatility_features = tuple(float(v) for v in log_volatility_feature(
+            _train_volatility(series, bounds[:, 0], bounds[:, 1])))
         self.returns = jnp.asarray(series.returns)
         self.valid = jnp.asarray(series.valid, jnp.float32)
         self.bounds = jnp.asarray(bounds, jnp.int32)
@@ -217,6 +253,14 @@ class FinanceFamily(TaskFamily):
         """Builds the task described by `cfg` (works with traced cfg and family leaves)."""
         chex.assert_rank([cfg["asset"], cfg["window"], cfg["feature_set"], cfg["init_scale"]], 0)
         return FinanceTask(self, cfg)
+
+
+def _train_volatility(series: AssetSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Returns each asset's root mean square of valid daily returns on days [start, end) (0 with none)."""
+    days = np.arange(series.returns.shape[1])[None, :]
+    inside = series.valid & (days >= starts[:, None]) & (days < ends[:, None])
+    squares = np.where(inside, np.square(series.returns.astype(np.float64)), 0.0)
+    return np.sqrt(squares.sum(axis=1) / np.maximum(inside.sum(axis=1), 1))
 
 
 class _HostSeries:

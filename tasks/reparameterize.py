@@ -16,7 +16,7 @@ part of the task configuration (a pytree shaped like the params, computed once p
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import chex
 import jax
@@ -80,6 +80,10 @@ class ReparameterizedTask(Task):
     def normalizer(self, loss: Array) -> Array:
         """Returns the base task's normalised loss (the function, and so the loss scale, is unchanged)."""
         return self.base_task.normalizer(loss)
+
+    def domain_features(self) -> Optional[Array]:
+        """Returns the base task's domain vector (reparameterisation does not change the problem)."""
+        return self.base_task.domain_features()
 
 
 class ReparameterizedFamily(TaskFamily):

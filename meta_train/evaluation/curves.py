@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import update_arguments
 from tasks.base import TaskFamily
 
 Array = jax.Array
@@ -80,9 +81,12 @@ def _train_one(family: TaskFamily, learned_optimizer: Any, meta_params: Any, tas
         params, opt_state = carry
         batch_key, loss_key = jax.random.split(step_key)
         batch = task.sample_batch(batch_key, "train")
-        loss, grads = jax.value_and_grad(task.loss)(params, loss_key, batch)
+        loss, grads, update_args = update_arguments.loss_gradient_and_update_args(
+            learned_optimizer, lambda p: task.loss(p, loss_key, batch), params,
+            probe_key=jax.random.fold_in(loss_key, update_arguments.PROBE_SALT),
+            domain_features=getattr(task, "domain_features", None))
         recorded = loss if averaged is None else task.loss(judged(carry), loss_key, batch)
-        updates, opt_state = transformation.update(grads, opt_state, params, loss=loss)
+        updates, opt_state = transformation.update(grads, opt_state, params, **update_args)
         return (optax.apply_updates(params, updates), opt_state), recorded
 
     carry = (params, opt_state)
