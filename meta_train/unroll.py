@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt import update_arguments
 from meta_train.horizons import Horizon
 from meta_train.parallel import TaskParallelism
 from tasks.base import TaskFamily
@@ -144,8 +145,11 @@ class TruncatedUnroll:
 
             def particle_step(theta, params, opt_state, noise_key):
                 transformation = self.learned_optimizer.transformation(theta, num_steps=state.horizon)
-                loss, grads = jax.value_and_grad(task.loss)(params, loss_key, batch)
-                updates, opt_state = transformation.update(grads, opt_state, params, loss=loss)
+                loss, grads, update_args = update_arguments.loss_gradient_and_update_args(
+                    self.learned_optimizer, lambda p: task.loss(p, loss_key, batch), params,
+                    probe_key=jax.random.fold_in(loss_key, update_arguments.PROBE_SALT),
+                    domain_features=getattr(task, "domain_features", None))
+                updates, opt_state = transformation.update(grads, opt_state, params, **update_args)
                 log_prob = None
                 if action_std is not None:
                     updates, log_prob = gaussian_policy_action(updates, action_std, noise_key)
