@@ -90,6 +90,7 @@ def execute(path: Path, figure_dir: Path, figure_prefix: str) -> List[ExecutedCe
             executed.append(ExecutedCell(cell, "", []))
             continue
         captured = io.StringIO()
+        wall, cpu = time.perf_counter(), time.process_time()
         try:
             with contextlib.redirect_stdout(captured):
                 exec(compile(cell.text, f"{path.name} cell {index + 1}", "exec"), namespace)
@@ -97,6 +98,8 @@ def execute(path: Path, figure_dir: Path, figure_prefix: str) -> List[ExecutedCe
             sys.stdout.write(captured.getvalue())
             traceback.print_exc()
             raise RuntimeError(f"{path.name}: cell {index + 1} raised {type(error).__name__}: {error}") from error
+        print(f"  {path.name} cell {index + 1}: {time.perf_counter() - wall:.1f} s wall, "
+              f"{time.process_time() - cpu:.1f} s CPU", file=sys.stderr)
         figures = []
         for number in plt.get_fignums():
             figure_count += 1

@@ -100,7 +100,7 @@ def train(tx):
 # `celo2_generalist` (a learned direction scaled by a learning rate and schedule, meta-trained on
 # other 8x8 image MLPs; like Adam, it is used with a learning rate picked per problem). Adam and
 # Celo2 each get the best of four learning rates, run side by side as one `vmap` (the learning
-# rate may be a traced array, for learned optimizers too).
+# rate may be a traced array; Celo2's `transformation` takes it as `learning_rate=`).
 
 # %%
 LEARNING_RATES = (3e-3, 1e-2, 3e-2, 1e-1)  # a real sweep: finer, judged on held-out data
@@ -116,8 +116,9 @@ def best_of(make_tx):
 
 print("shipped optimizers:", lopt.pretrained.available())
 adam_lr, adam_curve = best_of(lambda lr: optax.with_extra_args_support(optax.adam(lr)))
+celo2 = lopt.pretrained.load("celo2_generalist")
 celo2_lr, celo2_curve = best_of(
-    lambda lr: lopt.pretrained.load("celo2_generalist", learning_rate=lr).transformation(num_steps=NUM_STEPS))
+    lambda lr: celo2.optimizer.transformation(celo2.meta_params, num_steps=NUM_STEPS, learning_rate=lr))
 curves = {
     f"adam, lr {adam_lr:g}": adam_curve,
     "small_fc_lopt, untrained": train(optimizer.transformation(meta_params, num_steps=NUM_STEPS)),
