@@ -16,6 +16,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SLOW_TESTS = (
     # fresh Python processes: lopt-meta-train runs, several processes together, scripts, pip
     "tests/test_bench_quality.py",
+    "tests/test_tutorials.py::test_tutorial_executes_and_draws_its_figures",
     "tests/test_checkpoint_fallback.py",  # its module fixture meta-trains two runs
     "tests/test_distributed.py::test_eight_devices_give_the_meta_gradient_of_one",
     "tests/test_distributed.py::test_two_processes_meta_train_together_and_resume_from_one_writer",
