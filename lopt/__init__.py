@@ -21,6 +21,7 @@ from lopt.hand_designed import (SGD, Adam, AdamCosine, AdamW, AdamWCosine, HandD
 from lopt.hyper_lstm import HyperLSTM, HyperLSTMState
 from lopt.l2l_lstm import L2LLSTM, L2LState
 from lopt.learned_adam import AdamMultiplier, LearnedAdam, LearnedAdamState
+from lopt.li_malik_policy import LiMalikPolicy, LiMalikState
 from lopt.small_fc_lopt import SmallFcLOpt, SmallFcLOptState
 from lopt import pretrained
 from lopt import published
@@ -31,7 +32,7 @@ __all__ = [
     "AdamCosine", "AdamWCosine", "Muon", "ScheduleFreeAdamW",
     "Celo", "Celo2", "FeatureLOpt", "FeatureLOptState", "feature_sets", "update_arguments", "Celo2RuleState", "CeloState", "ConvLOpt", "ConvLOptState", "ExportError", "HandDesigned", "HyperLSTM", "HyperLSTMState",
     "L2LLSTM", "L2LState",
-    "LearnedAdam", "LearnedAdamState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer",
+    "LearnedAdam", "LearnedAdamState", "LiMalikPolicy", "LiMalikState", "LearnedOptimizer", "LearnedOptimizerError", "LoadedOptimizer",
     "MetaParams", "SmallFcLOpt", "SmallFcLOptState", "normalization", "RMSProp", "SGD", "SGDMomentum", "features", "get", "load", "register",
     "pretrained", "registered_names", "save",
     "AdafacMLPLO", "AdafacMLPLOState", "CeloLO", "CeloLOState", "PublishedCheckpointError", "import_learned_optimization",

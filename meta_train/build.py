@@ -29,7 +29,8 @@ from meta_train.parallel import TaskParallelism
 from meta_train.trainer import Trainer
 
 # The built-in estimators register themselves when their modules load.
-from meta_train import evosax_adapter, full_horizon_es, pes, truncated_backprop, truncated_es  # noqa: F401,E402
+from meta_train import (  # noqa: F401,E402
+    evosax_adapter, full_horizon_es, pes, policy_gradient, truncated_backprop, truncated_es)
 
 
 def config_kwargs(group: Any) -> Dict[str, Any]:

@@ -13,6 +13,8 @@ from tasks.cnn_image import CNNImageFamily
 from tasks.transformer_lm import TransformerLMFamily
 from tasks.few_shot import FewShotFamily
 from tasks.finance import FinanceFamily
+from tasks.robust_regression import RobustRegressionFamily
+from tasks.gaussian_mixture_mlp import GaussianMixtureMLPFamily
 from tasks.reparameterize import ReparameterizedFamily, reparameterize
 from tasks.flax_task import FlaxFamily, from_flax
 
@@ -23,11 +25,13 @@ __all__ = [
     "FewShotFamily",
     "FinanceFamily",
     "FlaxFamily",
+    "GaussianMixtureMLPFamily",
     "L2LQuadraticFamily",
     "LogisticRegressionFamily",
     "MLPImageFamily",
     "QuadraticFamily",
     "ReparameterizedFamily",
+    "RobustRegressionFamily",
     "Task",
     "TaskError",
     "TaskFamily",

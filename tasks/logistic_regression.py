@@ -7,6 +7,10 @@ seed, split, i), so a batch costs O(batch_size * dim) and shapes are fixed. Feat
 N(0, I); the label is Bernoulli(sigmoid(separation * <x, w*>)) for a unit-norm w* drawn
 from the data seed, then flipped with probability `label_noise`.
 
+With `full_batch=True` every batch is the whole split in a fixed order, so each task's loss is a
+deterministic function of its parameters (the setting of Li & Malik's logistic-regression
+objectives, and what line-search baselines need).
+
 Loss: mean binary cross-entropy + 0.5 * l2 * ||w||^2. Normaliser: loss / log(2), the loss of
 the all-zero classifier.
 """
@@ -43,6 +47,7 @@ class LogisticRegressionTask(Task):
         self.dim = family.dim
         self.batch_size = family.batch_size
         self.num_examples = family.num_examples
+        self.full_batch = family.full_batch
         self.data: Optional[ArrayDataset] = family.data
         self.cfg = cfg
 
@@ -52,12 +57,15 @@ class LogisticRegressionTask(Task):
         return {"w": w.astype(jnp.float32), "b": jnp.zeros((), jnp.float32)}
 
     def sample_batch(self, key: Array, split: str) -> Batch:
-        """Draws (x float32 [batch, dim], y float32 in {0, 1} [batch]) inside jit."""
+        """Draws (x float32 [batch, dim], y float32 in {0, 1} [batch]) inside jit; the whole split with full_batch."""
         check_split(split)
         if self.data is not None:
-            x, y = self.data.sample(key, split, self.batch_size)
+            x, y = self.data.full_split(split) if self.full_batch else self.data.sample(key, split, self.batch_size)
             return x, y.astype(jnp.float32)
-        indices = jax.random.randint(key, (self.batch_size,), 0, self.num_examples)
+        if self.full_batch:
+            indices = jnp.arange(self.num_examples)
+        else:
+            indices = jax.random.randint(key, (self.batch_size,), 0, self.num_examples)
         data_key = jax.random.key(self.cfg["data_seed"])
         direction = jax.random.normal(data_key, (self.dim + 2,), jnp.float32)[: self.dim]
         direction = direction / jnp.linalg.norm(direction)
@@ -92,6 +100,7 @@ class LogisticRegressionFamily(TaskFamily):
 
     cfg fields: `l2`, `init_scale`; for "synthetic" also `data_seed` (int32), `separation`,
     `label_noise`. `num_examples` is the synthetic split size, and a cap on real splits.
+    `full_batch=True` makes every batch the whole split (a deterministic loss; batch_size unused).
     """
 
     name = "logistic_regression"
@@ -110,6 +119,7 @@ class LogisticRegressionFamily(TaskFamily):
         min_separation: float = 2.0,
         max_separation: float = 20.0,
         max_label_noise: float = 0.1,
+        full_batch: bool = False,
     ):
         if dataset != SYNTHETIC and dataset not in _REAL_DATASETS:
             choices = ", ".join(_REAL_DATASETS + (SYNTHETIC,))
@@ -126,6 +136,7 @@ class LogisticRegressionFamily(TaskFamily):
         self.dim = int(dim)
         self.num_examples = int(num_examples)
         self.batch_size = int(batch_size)
+        self.full_batch = bool(full_batch)
         self.l2_range = (float(min_l2), float(max_l2))
         self.init_scale_range = (float(min_init_scale), float(max_init_scale))
         self.separation_range = (float(min_separation), float(max_separation))
