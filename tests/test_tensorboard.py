@@ -58,6 +58,24 @@ def test_meta_training_events_match_metrics_and_histogram_each_meta_param(tmp_pa
     assert all(steps == [0, 3, 6] for steps in histograms.values())  # the start and each checkpoint
 
 
+def test_end_of_run_evaluation_writes_each_optimizers_mean_curve(tmp_path):
+    config = tiny_config(tmp_path)
+    config.tensorboard.mode = "on"
+    config.eval.enabled = True
+    config.eval.num_tasks, config.eval.num_steps, config.eval.learning_rates = 2, 8, (1e-2, 1e-1)
+    meta_train(config, tmp_path, show_progress=False)
+    result = json.loads((tmp_path / "eval.json").read_text())
+    board = tmp_path / tensorboard.FOLDER / "eval"
+    assert sorted(p.name for p in board.iterdir()) == sorted(result["curves"])
+    for run_name, curves in result["curves"].items():
+        (tag, points), = tensorboard.read_scalars(board / run_name).items()
+        assert tag == f"heldout/{result['family']}/train_loss"
+        expected = np.mean(np.asarray(curves, np.float64).reshape(-1, config.eval.num_steps), axis=0)
+        assert sorted(points) == list(range(config.eval.num_steps))
+        np.testing.assert_allclose([points[i] for i in range(config.eval.num_steps)], expected, rtol=1e-6)
+    assert "heldout" not in " ".join(tensorboard.read_scalars(tmp_path / tensorboard.FOLDER))
+
+
 def test_a_resumed_run_hides_events_written_past_its_checkpoint(tmp_path):
     config = tiny_config(tmp_path)
     config.meta_train.num_steps = 3

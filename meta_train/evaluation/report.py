@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -12,12 +13,14 @@ import ml_collections
 import numpy as np
 
 import lopt
+from meta_train import tensorboard as tensorboard_lib
 from meta_train.evaluation import curves as evaluate
 from meta_train.evaluation.speedup import SPEEDUP_DEFINITION, speedups
 from meta_train.files import write_text_atomic
 
 EVAL_FILE = "eval.json"
 PLOT_FILE = "eval_curves.png"
+EVAL_BOARD_FOLDER = "eval"
 
 
 def _row(name: str, curves: evaluate.Curves, reference: np.ndarray) -> Dict[str, Any]:
@@ -168,4 +171,18 @@ def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, 
         f"held-out {run.family.name} tasks",
     )
     print(f"wrote {workdir / EVAL_FILE} and {workdir / PLOT_FILE}")
+    if tensorboard_lib.enabled(config.tensorboard.mode):
+        write_eval_tensorboard(workdir / tensorboard_lib.FOLDER / EVAL_BOARD_FOLDER, run.family.name, {
+            "meta_trained": trained_curves, "initial": initial_curves, "tuned_baseline": tuned["curves"]})
     return {"table": table, "rows": [{k: v for k, v in r.items() if k != "final_losses"} for r in rows]}
+
+
+def write_eval_tensorboard(folder: Path, family_name: str, curves: Dict[str, evaluate.Curves]) -> None:
+    """Writes the end-of-run evaluation as TensorBoard runs `folder/meta_trained`, `/initial` and `/tuned_baseline`,
+    each with scalar `heldout/FAMILY/train_loss`: the mean training loss over held-out tasks against the inner step."""
+    shutil.rmtree(folder, ignore_errors=True)  # one evaluation per finished run, rewritten whole like eval.json
+    for run_name, run_curves in curves.items():
+        losses = np.asarray(run_curves.train_losses, np.float64)
+        mean = np.nanmean(losses.reshape(-1, losses.shape[-1]), axis=0)
+        with tensorboard_lib.EventWriter(folder / run_name) as board:
+            board.curve(f"heldout/{family_name}/train_loss", mean, np.arange(mean.shape[0]))
