@@ -13,6 +13,7 @@ from tasks.cnn_image import CNNImageFamily
 from tasks.transformer_lm import TransformerLMFamily
 from tasks.few_shot import FewShotFamily
 from tasks.finance import FinanceFamily
+from tasks.finance_daily import DailyRefitFamily
 from tasks.robust_regression import RobustRegressionFamily
 from tasks.gaussian_mixture_mlp import GaussianMixtureMLPFamily
 from tasks.reparameterize import ReparameterizedFamily, reparameterize
@@ -22,6 +23,7 @@ __all__ = [
     "SPLITS",
     "ArrayDataset",
     "CNNImageFamily",
+    "DailyRefitFamily",
     "FewShotFamily",
     "FinanceFamily",
     "FlaxFamily",
