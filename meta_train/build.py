@@ -21,11 +21,12 @@ import tasks
 from meta_train import meta_lr_schedules  # noqa: F401 - registers the schedules
 from meta_train import registry
 from meta_train.config import (
-    ConfigError, load_config, parse_overrides, parse_phases, reparameterize_choices, validate,
+    ConfigError, load_config, parse_overrides, parse_phases, regularizer_settings, reparameterize_choices, validate,
 )
 from meta_train.estimator import Estimator
 from meta_train.horizons import Horizon
 from meta_train.parallel import TaskParallelism
+from meta_train.regularizer import MetaRegularizer
 from meta_train.trainer import Trainer
 
 # The built-in estimators register themselves when their modules load.
@@ -140,6 +141,16 @@ def build_meta_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTra
     return optax.chain(optax.clip_by_global_norm(mt.grad_clip), optax.adam(rate))
 
 
+def build_regularizer(config: ml_collections.ConfigDict, optimizer: lopt.LearnedOptimizer) -> MetaRegularizer:
+    """Returns the meta-regulariser `config.meta_train.regularizer` describes, checked against `optimizer`."""
+    regularizer = regularizer_settings(config)
+    try:
+        regularizer.check_optimizer(optimizer)
+    except ValueError as err:
+        raise ConfigError(f"config.meta_train.regularizer.smoothness_weight: {err}") from None
+    return regularizer
+
+
 class Run(NamedTuple):
     """The objects a config describes."""
 
@@ -154,6 +165,7 @@ def build(config: ml_collections.ConfigDict) -> Run:
     family = build_family(config)
     optimizer = build_optimizer(config)
     estimator, horizon = build_estimator(config), build_horizon(config)
+    regularizer = build_regularizer(config, optimizer)
     try:
         trainer = Trainer(
             family,
@@ -166,6 +178,7 @@ def build(config: ml_collections.ConfigDict) -> Run:
             parallelism=build_parallelism(config),
             accumulate=config.meta_train.accumulate,
             family_labels=[name for name, _ in mixture_entries(config)] if len(config.task.mixture) else None,
+            regularizer=regularizer,
         )
     except ValueError as err:
         raise ConfigError(f"config.meta_train: {err}") from None

@@ -25,6 +25,7 @@ import ml_collections
 
 import tasks
 from meta_train import tensorboard as tensorboard_lib
+from meta_train.regularizer import MetaRegularizer
 from tasks.reparameterize import RANGES as REPARAMETERIZE_RANGES
 from tasks.reparameterize import check_choices as check_reparameterize_choices
 
@@ -93,6 +94,12 @@ def base_config() -> ml_collections.ConfigDict:
             "num_devices": 0,
             "host_devices": 0,
             "accumulate": 1,
+            # L_total = L_meta + l2_weight * Omega_l2 + smoothness_weight * Omega_smooth (meta_train.regularizer);
+            # all weights 0: off.
+            "regularizer": ml_collections.ConfigDict({
+                "l2_weight": 0.0, "l2_from_init": True, "smoothness_weight": 0.0, "smoothness_scale": 0.1,
+                "smoothness_samples": 64,
+            }),
         }
     )
     config.distributed = ml_collections.ConfigDict(
@@ -321,6 +328,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("meta_learning_rate", "grad_clip", "max_meta_loss"):
         _require(float(mt[key]) > 0 and math.isfinite(float(mt[key])), f"meta_train.{key} must be positive, got {mt[key]}")
     _require(mt.accumulate >= 1, f"meta_train.accumulate must be >= 1, got {mt.accumulate}")
+    regularizer_settings(config)
     parse_phases(mt.phases, mt.num_steps)
     _require(config.checkpoint.every >= 1 and config.checkpoint.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1")
     _require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
@@ -334,6 +342,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _require(config.eval.num_tasks >= 1 and config.eval.num_steps >= 1, "eval.num_tasks and eval.num_steps must be >= 1")
         _require(len(config.eval.learning_rates) >= 1, "eval.learning_rates must list at least one learning rate")
         _require(all(lr > 0 for lr in config.eval.learning_rates), "eval.learning_rates must be positive")
+
+
+def regularizer_settings(config: ml_collections.ConfigDict) -> MetaRegularizer:
+    """Returns the MetaRegularizer `config.meta_train.regularizer` describes; a bad value is a one-line ConfigError."""
+    try:
+        return MetaRegularizer(**config.meta_train.regularizer.to_dict())
+    except ValueError as err:
+        raise ConfigError(f"config.meta_train.regularizer.{err}") from None
 
 
 def parse_phases(phases: Sequence[str], num_steps: int) -> List[Tuple[str, int]]:

@@ -308,6 +308,9 @@ def _run_identity(config_json: Dict[str, Any]) -> Dict[str, Any]:
     identity["meta_train"] = {
         k: v for k, v in config_json.get("meta_train", {}).items() if k not in RESUMABLE_CHANGES["meta_train"]
     }
+    # A run saved before meta_train.regularizer existed had it off, as the default is.
+    if identity["meta_train"].get("regularizer") == config_lib.base_config().meta_train.regularizer.to_dict():
+        del identity["meta_train"]["regularizer"]
     return identity
 
 

@@ -14,6 +14,7 @@ from meta_train.clipped_losses import ClippedLossWatch
 from meta_train.estimator import Estimator
 from meta_train.horizons import Horizon
 from meta_train.parallel import TaskParallelism
+from meta_train.regularizer import KEY_STREAM, MetaRegularizer
 from meta_train.unroll import TruncatedUnroll, check_truncation
 from tasks.base import TaskFamily
 
@@ -21,13 +22,18 @@ Array = jax.Array
 
 
 class TrainerState(NamedTuple):
-    """Everything a meta-training run needs to continue: a pytree of arrays only (keys as raw uint32 data)."""
+    """Everything a meta-training run needs to continue: a pytree of arrays only (keys as raw uint32 data).
+
+    `regularizer_anchor` holds the run's initial meta-params when the regulariser measures its L2
+    penalty from them, else nothing (so states of runs without it keep their leaves).
+    """
 
     meta_params: Any
     meta_opt_state: Any
     estimator_state: Any
     key: Array
     step: Array
+    regularizer_anchor: Any = ()
 
 
 def global_norm(tree: Any) -> Array:
@@ -60,7 +66,8 @@ def place_state(state: "TrainerState", parallelism: TaskParallelism, estimator: 
 
         return jax.tree.map(one, subtree)
 
-    prefix = TrainerState(replicated, replicated, estimator.sharding_prefix(by_task, replicated), replicated, replicated)
+    prefix = TrainerState(replicated, replicated, estimator.sharding_prefix(by_task, replicated), replicated, replicated,
+                          replicated)
     return jax.tree.map(place, prefix, state, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
@@ -92,6 +99,12 @@ class Trainer:
     is counted in the metrics as `skipped_update`. Normalised losses above `max_meta_loss`
     are clipped to it and counted as `num_clipped`; when more than half of a meta-step's
     losses are clipped, `step` prints a one-line warning (once), since they carry no signal.
+
+    With a `regularizer` (meta_train.regularizer.MetaRegularizer) whose weights are not all zero,
+    the gradient of its penalties is added to the estimator's meta-gradient (of each family's
+    mean, after accumulation), so every estimator minimises L_meta + lambda * Omega, and the
+    metrics add `regularizer` (lambda * Omega) and `regularizer_<penalty>` (each Omega). All
+    weights zero computes nothing: the meta-gradients are those of a trainer without it.
     """
 
     def __init__(
@@ -106,6 +119,7 @@ class Trainer:
         parallelism: Optional[TaskParallelism] = None,
         accumulate: int = 1,
         family_labels: Optional[Sequence[str]] = None,
+        regularizer: Optional[MetaRegularizer] = None,
     ):
         if int(accumulate) < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
@@ -130,6 +144,8 @@ class Trainer:
         self.meta_optimizer = meta_optimizer if meta_optimizer is not None else optax.adam(1e-3)
         self.meta_loss = meta_loss
         self.max_meta_loss = float(max_meta_loss)
+        self.regularizer = regularizer if regularizer is not None else MetaRegularizer()
+        self.regularizer.check_optimizer(learned_optimizer)
         TruncatedUnroll(families[0], learned_optimizer, horizon, meta_loss, max_meta_loss)  # validates arguments
         self._phase_masks: Dict[str, Any] = {}
         self.clipped_loss_watch = ClippedLossWatch(
@@ -143,7 +159,7 @@ class Trainer:
             estimator_sharding = estimator.sharding_prefix(by_task, replicated)
             if self.mixture:
                 estimator_sharding = tuple(estimator_sharding for _ in families)
-            state_sharding = TrainerState(replicated, replicated, estimator_sharding, replicated, replicated)
+            state_sharding = TrainerState(replicated, replicated, estimator_sharding, replicated, replicated, replicated)
             self._init = jax.jit(self._init_impl, out_shardings=state_sharding)
             self._step = jax.jit(self._step_impl, out_shardings=(state_sharding, replicated))
 
@@ -169,6 +185,7 @@ class Trainer:
             estimator_state=estimator_state,
             key=jax.random.key_data(next_key),
             step=jnp.zeros((), jnp.int32),
+            regularizer_anchor=meta_params if self.regularizer.needs_anchor else (),
         )
 
     def init(self, key: Array, meta_params: Any = None) -> TrainerState:
@@ -191,6 +208,13 @@ class Trainer:
             gradient, estimator_state, metrics = self._estimate(
                 self.unroll(family), state.meta_params, state.estimator_state, mask, estimate_key
             )
+        metrics = dict(metrics)
+        if self.regularizer.enabled:
+            _, penalty_gradient, penalty_metrics = self.regularizer.value_and_grad(
+                self.learned_optimizer, state.meta_params, state.regularizer_anchor,
+                jax.random.fold_in(estimate_key, KEY_STREAM))
+            gradient = jax.tree.map(jnp.add, gradient, penalty_gradient)
+            metrics.update(penalty_metrics)
         gradient = jax.tree.map(lambda g, m: g * m.astype(g.dtype), gradient, mask)
         gradient_norm = global_norm(gradient)
         finite = jnp.isfinite(gradient_norm)
@@ -202,11 +226,11 @@ class Trainer:
         meta_opt_state = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old), meta_opt_state, state.meta_opt_state
         )
-        metrics = dict(metrics)
         metrics["meta_grad_norm"] = jnp.where(finite, gradient_norm, jnp.nan)
         metrics["skipped_update"] = (~finite).astype(jnp.int32)
         metrics["meta_params_norm"] = global_norm(meta_params)
-        new_state = TrainerState(meta_params, meta_opt_state, estimator_state, jax.random.key_data(key), state.step + 1)
+        new_state = TrainerState(meta_params, meta_opt_state, estimator_state, jax.random.key_data(key), state.step + 1,
+                                 state.regularizer_anchor)
         return new_state, metrics
 
     def _estimate(self, unroll: TruncatedUnroll, meta_params: Any, estimator_state: Any, mask: Any, key: Array):
