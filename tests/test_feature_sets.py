@@ -162,15 +162,20 @@ def test_inputs_are_the_features_in_list_order_each_normalised_as_declared():
     theta = opt.init(jax.random.key(0))
     tx = opt.transformation(theta)
     grads, params, *_ = trajectory()
-    g, p = jnp.asarray(grads[0], jnp.float32), jnp.asarray(params[0], jnp.float32)
-    updates, _ = jax.jit(tx.update)({"w": g}, tx.init({"w": p}), {"w": p})
-    g64 = grads[0]
+    update = jax.jit(tx.update)
+    state = tx.init({"w": jnp.asarray(params[0], jnp.float32)})
+    for t in range(2):
+        p = {"w": jnp.asarray(params[t], jnp.float32)}
+        updates, state = update({"w": jnp.asarray(grads[t], jnp.float32)}, state, p)
+    g = grads[1]
+    weight = 2 / (opt.variance_window + 1)
+    variance = (1 - weight) * weight * (grads[1] - grads[0]) ** 2  # the EW variance of g_0, g_1
     inputs = np.stack([
-        np.log(np.abs(g64) + 1e-8),
-        g64 / np.sqrt(1e-5 + np.mean(g64 ** 2)),  # small_fc_lopt's normaliser
-        np.full(SIZE, np.tanh(0 / 3.0 - 1)),
-        g64 / (np.linalg.norm(g64) + 1e-8),
-        np.zeros(SIZE),  # the variance of one gradient
+        np.log(np.abs(g) + 1e-8),
+        g / np.sqrt(1e-5 + np.mean(g ** 2)),  # small_fc_lopt's normaliser
+        np.full(SIZE, np.tanh(1 / 3.0 - 1)),
+        g / (np.linalg.norm(g) + 1e-8),
+        variance / np.sqrt(np.mean(variance ** 2)),  # scale-free
     ], axis=1)
     steps = opt.update_from_features(theta, {"mlp": jnp.asarray(inputs, jnp.float32)})["mlp"]
     assert opt.num_inputs == 5
