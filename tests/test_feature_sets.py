@@ -3,7 +3,9 @@ arguments loops supply (lopt.update_arguments) and the finance family's domain v
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import sys
 from pathlib import Path
 
 import jax
@@ -414,3 +416,24 @@ def test_finance_tasks_supply_their_asset_class_and_volatility():
     np.testing.assert_allclose(vector[5], np.log10(np.sqrt(np.mean(returns ** 2))) + 2.0, rtol=1e-5)
     assert [tasks.finance.asset_class(n) for n in ("fx:EXJPUS", "sp500", "wti", "AAPL", "synthetic_03")] == [
         "currency", "index", "commodity", "stock", "synthetic"]
+
+
+def test_every_ablation_row_is_a_valid_config(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_features", REPO / "scripts" / "bench_features.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_features", bench)  # its dataclass looks its module up there
+    spec.loader.exec_module(bench)
+    for name, row in bench.ROWS.items():
+        assert bench.available(row), f"row {name} needs {row.needs}, which this version should have"
+        path = tmp_path / f"{name}.py"
+        path.write_text(bench.row_config_source(row.change, meta_steps=7))
+        config = config_lib.load_config(path)
+        config_lib.validate(config)
+        optimizer = build_lib.build_optimizer(config)
+        regularizer = config_lib.regularizer_settings(config)
+        regularizer.check_optimizer(optimizer)
+        assert config.meta_train.num_steps == 7
+        if name in bench.REGULARIZER_WEIGHTS:
+            assert regularizer.enabled and optimizer.features == bench.BASELINE_FEATURES
+        elif name in bench.ADDED_FEATURES:
+            assert optimizer.features == bench.BASELINE_FEATURES + (name,)
