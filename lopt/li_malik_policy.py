@@ -10,9 +10,12 @@ slots before the first iterations are zero.
 The change in location at iteration t is params_t - params_{t-1}, the step actually taken
 (under a policy-gradient estimator that includes the exploration noise), and the change in
 objective is loss_t - loss_{t-1}; so the optimizer needs `params` and `loss` in every update.
-At initialisation the network is exactly gradient descent at `init_learning_rate`: two hidden
-units read the current gradient with weights +1 and -1 and their read-outs are -rate and +rate
-(softplus(g) - softplus(-g) = g); every other read-out starts at zero.
+The network's output is multiplied by a learned step size exp(s), a scalar meta-parameter, so that
+the overall scale of the steps, which spans orders of magnitude between problem classes, is
+learned on a log scale. At initialisation the policy is exactly gradient descent at
+`init_learning_rate`: s = log(init_learning_rate), two hidden units read the current gradient with
+weights +1 and -1 and their read-outs are -1 and +1 (softplus(g) - softplus(-g) = g), and every
+other read-out starts at zero.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def _push(history: Array, newest: Array) -> Array:
 @register("li_malik_policy")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LiMalikPolicy(LearnedOptimizer):
-    """Coordinate-wise history policy: [location changes, objective changes, gradients] over H steps -> MLP -> step."""
+    """Coordinate-wise history policy: [location changes, objective changes, gradients] over H steps -> MLP -> step,
+    times a learned step size."""
 
     history_length: int = 25
     hidden_size: int = 50
@@ -62,8 +66,8 @@ class LiMalikPolicy(LearnedOptimizer):
         if self.history_length < 1 or self.hidden_size < 2:
             raise ValueError(f"li_malik_policy needs history_length >= 1 and hidden_size >= 2, got "
                              f"{self.history_length}, {self.hidden_size}")
-        if not self.init_learning_rate >= 0:
-            raise ValueError(f"li_malik_policy needs init_learning_rate >= 0, got {self.init_learning_rate}")
+        if not self.init_learning_rate > 0:
+            raise ValueError(f"li_malik_policy needs init_learning_rate > 0, got {self.init_learning_rate}")
 
     @property
     def num_inputs(self) -> int:
@@ -76,10 +80,10 @@ class LiMalikPolicy(LearnedOptimizer):
         w = jax.random.normal(key, (self.num_inputs, hidden), jnp.float32) / math.sqrt(self.num_inputs)
         current_gradient = 2 * history  # inputs are [location changes, objective changes, gradients], newest first
         w = w.at[:, :2].set(0.0).at[current_gradient, 0].set(1.0).at[current_gradient, 1].set(-1.0)
-        readout = jnp.zeros((hidden,), jnp.float32).at[0].set(-self.init_learning_rate).at[1].set(
-            self.init_learning_rate)
+        readout = jnp.zeros((hidden,), jnp.float32).at[0].set(-1.0).at[1].set(1.0)
         return {"hidden": {"w": w, "b": jnp.zeros((hidden,), jnp.float32)},
-                "output": {"w": readout, "b": jnp.zeros((), jnp.float32)}}
+                "output": {"w": readout, "b": jnp.zeros((), jnp.float32)},
+                "log_step_size": jnp.asarray(math.log(self.init_learning_rate), jnp.float32)}
 
     def transformation(
         self, meta_params: MetaParams, *, num_steps: NumSteps = None
@@ -102,7 +106,8 @@ class LiMalikPolicy(LearnedOptimizer):
             objective = jnp.broadcast_to(objective_history, location_history.shape)
             features = jnp.concatenate([location_history, objective, gradient_history], axis=-1)
             hidden = jax.nn.softplus(features @ meta_params["hidden"]["w"] + meta_params["hidden"]["b"])
-            return hidden @ meta_params["output"]["w"] + meta_params["output"]["b"]
+            output = hidden @ meta_params["output"]["w"] + meta_params["output"]["b"]
+            return jnp.exp(meta_params["log_step_size"]) * output
 
         def update_fn(grads, state, params=None, loss=None, **extra_args):
             del extra_args

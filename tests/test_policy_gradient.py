@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ from meta_train.policy_gradient import PolicyGradient, reward_to_go, steps_withi
 from meta_train.unroll import TruncatedUnroll
 
 CURVATURES = (1.0, 3.0)
+REPO = Path(__file__).resolve().parents[1]
 
 
 class DiagonalQuadratic(tasks.Task):
@@ -117,17 +120,18 @@ def test_meta_training_finds_the_closed_form_optimal_learning_rate_and_shrinks_a
     assert float(metrics["policy_std"]) < 0.05
 
 
-def test_config_selects_the_estimator_and_rejects_bad_keys_in_one_line():
-    config = config_lib.base_config()
-    config.task.family = "robust_linear_regression"
-    config.optimizer.name = "li_malik_policy"
-    config.meta_train.estimator.name = "policy_gradient"
-    config.meta_train.estimator.kwargs = {"trunc_length": 10, "num_particles": 4, "gamma": 0.95, "learn_std": True}
-    config.meta_train.horizon.kwargs.length = 10
-    config.meta_train.num_tasks = 2
+def test_config_file_selects_the_estimator_and_bad_keys_are_one_line_errors():
+    path = REPO / "configs" / "li_malik_robust_regression.py"
+    config = config_lib.load_config(path)
     run = build_lib.build(config)
-    assert isinstance(run.trainer.estimator, PolicyGradient) and run.trainer.estimator.gamma == 0.95
-    assert run.trainer.inner_steps_per_meta_step == 2 * 4 * 10
+    estimator = run.trainer.estimator
+    assert isinstance(estimator, PolicyGradient) and isinstance(run.learned_optimizer, lopt.LiMalikPolicy)
+    assert (estimator.num_particles, estimator.learn_std, estimator.gamma) == (20, True, 1.0)
+    assert run.trainer.inner_steps_per_meta_step == 4 * 20 * 40
+    pes = build_lib.build(config_lib.parse_overrides(
+        config_lib.load_config(path), ["--config.meta_train.estimator.name=pes", "--config.meta_train.num_tasks=40",
+                 "--config.meta_train.estimator.kwargs.trunc_length=40"]))
+    assert pes.trainer.inner_steps_per_meta_step == run.trainer.inner_steps_per_meta_step
     for kwargs, message in (({"baseline": "critic"}, "baseline must be one of leave_one_out, none"),
                             ({"num_particles": 1}, "needs num_particles >= 2"),
                             ({"gamma": 1.5}, "0 < gamma <= 1")):
