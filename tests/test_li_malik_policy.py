@@ -40,12 +40,13 @@ def test_history_holds_the_steps_taken_the_objective_changes_and_the_gradients()
     tx = optimizer.transformation(optimizer.init(jax.random.key(0)))
     params = {"w": jnp.asarray([1.0, -2.0]), "b": jnp.asarray(0.0)}
     state = tx.init(params)
+    update = jax.jit(tx.update)
     visited, losses = [], []
     for k in range(4):
         loss, grads = jax.value_and_grad(quadratic)(params)
         visited.append(np.asarray(params["w"]))
         losses.append(float(loss))
-        _, state = tx.update(grads, state, params, loss=loss)
+        _, state = update(grads, state, params, loss=loss)
         params = {"w": params["w"] + jnp.asarray([0.1, -0.3]) * (k + 1), "b": params["b"]}  # not the policy's step
     # After 4 updates the 3 slots hold iterations 3, 2, 1 (newest first); iteration 0's entries were dropped.
     np.testing.assert_allclose(np.asarray(state.location_changes["w"]).T,
@@ -63,8 +64,9 @@ def test_changes_with_the_history_after_training_and_keeps_dtypes():
     params = {"w": jnp.ones((2, 3), jnp.bfloat16), "b": jnp.zeros((3,), jnp.float32)}
     grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.3, p.dtype), params)
     state = tx.init(params)
-    first, state = tx.update(grads, state, params, loss=jnp.float32(2.0))
-    second, _ = tx.update(grads, state, optax.apply_updates(params, first), loss=jnp.float32(1.0))
+    update = jax.jit(tx.update)
+    first, state = update(grads, state, params, loss=jnp.float32(2.0))
+    second, _ = update(grads, state, optax.apply_updates(params, first), loss=jnp.float32(1.0))
     for u, p in zip(jax.tree.leaves(second), jax.tree.leaves(params)):
         assert u.dtype == p.dtype and u.shape == p.shape and np.all(np.isfinite(np.asarray(u, np.float32)))
     assert not np.allclose(np.asarray(first["b"]), np.asarray(second["b"]))  # same gradient, different history
