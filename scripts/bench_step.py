@@ -1,9 +1,10 @@
-"""Benchmark: one jitted training step (loss, grad, optimizer update) of a ReLU MLP with each learned optimizer vs Adam.
+"""Benchmark: one jitted training step (loss, grad, optimizer update) of a ReLU MLP or CNN with each learned optimizer vs Adam.
 
 Prints per-step medians and the ratio learned / Adam measured side by side in one run, plus
 optimizer-state bytes per parameter, and writes everything to a JSON file.
 
     python scripts/bench_step.py --out benchmarks/step_all_optimizers_cpu.json
+    python scripts/bench_step.py --models wide_cnn --optimizers small_fc_lopt conv_lopt --out benchmarks/step_conv_lopt_cpu.json
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ import numpy as np
 import optax
 
 import lopt
+from tasks.cnn_image import apply_cnn, conv_shapes, init_cnn
 
 MODELS = {"small": (64, 32, 32, 10), "wide": (3072, 128, 128, 10)}
+# CNNs: (image size, image channels, conv channels, classes); 3x3 HWIO kernels, stride 1, ReLU, no pooling, then the
+# feature map averaged over space and a dense head (tasks.cnn_image's network), batch 32.
+CNN_MODELS = {"wide_cnn": (8, 3, (64, 128, 128), 10)}
+CNN_BATCH = 32
 
 
 def init_mlp(key, sizes):
@@ -43,9 +49,14 @@ def mlp_loss(params, x, y):
 DOT_FUSION_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
-def make_step(tx, compiler_options=None):
+def cnn_loss(params, x, y):
+    logits = apply_cnn(params, x, jnp.zeros((), jnp.int32), ("relu",), "none")
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def make_step(tx, compiler_options=None, loss_fn=mlp_loss):
     def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(mlp_loss)(params, x, y)
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
         updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -59,13 +70,18 @@ def tree_bytes(tree) -> int:
 class Runner:
     """One optimizer on one model: a jitted step and its live state."""
 
-    def __init__(self, optimizer, sizes, x, y, compiler_options=None):
+    def __init__(self, optimizer, sizes, x, y, compiler_options=None, model=None):
         tx = optimizer.transformation(optimizer.init(jax.random.key(0)), num_steps=10_000)
-        self.params = init_mlp(jax.random.key(1), sizes)
+        if model in CNN_MODELS:
+            image_size, image_channels, channels, classes = CNN_MODELS[model]
+            shapes = conv_shapes(image_channels, channels, (3,) * len(channels))
+            self.params, loss_fn = init_cnn(jax.random.key(1), shapes, classes, 1.0), cnn_loss
+        else:
+            self.params, loss_fn = init_mlp(jax.random.key(1), sizes), mlp_loss
         self.num_params = sum(p.size for p in jax.tree.leaves(self.params))
         self.opt_state = jax.tree.map(lambda x: jnp.array(x, copy=True), tx.init(self.params))  # donation needs distinct buffers
         self.state_bytes_per_param = tree_bytes(self.opt_state) / self.num_params
-        self.step = make_step(tx, compiler_options)
+        self.step = make_step(tx, compiler_options, loss_fn)
         self.x, self.y = x, y
         began = time.perf_counter()
         self.run(1)
@@ -81,14 +97,20 @@ class Runner:
 
 
 def benchmark(names, model: str, chunks: int, chunk_steps: int, dot_fusion: bool = False, mlp_chunks=()):
-    sizes = MODELS[model]
     key = jax.random.key(2)
-    x = jax.random.normal(key, (128, sizes[0]))
-    y = jax.random.randint(key, (128,), 0, sizes[-1])
-    runners = {name: Runner(lopt.get(name), sizes, x, y) for name in ["adam", *names]}
-    runners.update({f"mlp+chunks{n}": Runner(lopt.get("small_fc_lopt", concurrent_chunks=n), sizes, x, y) for n in mlp_chunks})
+    if model in CNN_MODELS:
+        image_size, image_channels, _, classes = sizes = CNN_MODELS[model]
+        x = jax.random.normal(key, (CNN_BATCH, image_size, image_size, image_channels))
+        y = jax.random.randint(key, (CNN_BATCH,), 0, classes)
+    else:
+        sizes = MODELS[model]
+        x = jax.random.normal(key, (128, sizes[0]))
+        y = jax.random.randint(key, (128,), 0, sizes[-1])
+    runners = {name: Runner(lopt.get(name), sizes, x, y, model=model) for name in ["adam", *names]}
+    runners.update({f"mlp+chunks{n}": Runner(lopt.get("small_fc_lopt", concurrent_chunks=n), sizes, x, y, model=model)
+                    for n in mlp_chunks})
     if dot_fusion:
-        runners.update({f"{name}+dotfusion": Runner(lopt.get(name), sizes, x, y, DOT_FUSION_OPTIONS)
+        runners.update({f"{name}+dotfusion": Runner(lopt.get(name), sizes, x, y, DOT_FUSION_OPTIONS, model)
                         for name in ["adam", *names]})
     times = {name: [] for name in runners}
     for _ in range(chunks):
@@ -117,7 +139,8 @@ def learned_optimizer_names():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizers", nargs="*", default=None, help="default: every learned optimizer")
-    parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=[*MODELS, *CNN_MODELS],
+                        help=f"default: the MLPs {', '.join(MODELS)}; CNNs: {', '.join(CNN_MODELS)}")
     parser.add_argument("--chunks", type=int, default=30)
     parser.add_argument("--chunk-steps", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/step.json")
@@ -132,7 +155,9 @@ def main():
     for model in args.models:
         results = benchmark(names, model, args.chunks, args.chunk_steps, args.dot_fusion, args.mlp_chunks)
         report["models"][model] = results
-        print(f"\n{model} MLP {MODELS[model]} ({results['adam']['num_params']:,} params), batch 128, "
+        shape = f"CNN {CNN_MODELS[model]}" if model in CNN_MODELS else f"MLP {MODELS[model]}"
+        batch = CNN_BATCH if model in CNN_MODELS else 128
+        print(f"\n{model} {shape} ({results['adam']['num_params']:,} params), batch {batch}, "
               f"median of {args.chunks} chunks x {args.chunk_steps} steps")
         print(f"{'optimizer':<18}{'ms/step':>10}{'x Adam':>9}{'state B/param':>15}{'compile s':>11}")
         for name, r in results.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,8 @@ import pytest
 
 import lopt
 import tasks
-from lopt.conv_lopt import is_conv_kernel, spatial_features
+from meta_train import build as build_lib
+from lopt.conv_lopt import apply_spatial_operators, is_conv_kernel, spatial_features, spatial_operators
 
 SMALL = dict(hidden_sizes=(8,), conv_channels=(4,), momentum_decays=(0.5, 0.9), time_scales=(1.0, 10.0))
 
@@ -84,15 +87,28 @@ def test_update_from_features_is_the_transformations_step_computed_from_its_defi
     np.testing.assert_allclose(np.asarray(updates["b"]), -1e-3 * np.asarray(steps["fallback"]), rtol=2e-4)
 
 
-def test_the_convolution_reads_neighbouring_elements_of_one_channel_pair_only():
-    optimizer = lopt.get("conv_lopt", **SMALL)
+def test_the_convolution_matrices_are_the_convolution_and_read_neighbouring_pixels_only():
+    optimizer = lopt.get("conv_lopt", **{**SMALL, "conv_channels": (4, 3)})
     conv = optimizer.init(jax.random.key(0))["conv"]
-    maps = jax.random.normal(jax.random.key(1), (optimizer.num_maps, 5, 5, 3))
-    jacobian = jax.jacobian(lambda m: spatial_features(conv, m, 1))(maps)  # [c, 5, 5, 3, maps, 5, 5, 3]
-    reads = np.abs(np.asarray(jacobian)).sum(axis=(0, 4)) > 0  # [i, j, pair, i', j', pair']
-    for i, j, pair, i2, j2, pair2 in np.ndindex(*reads.shape):
-        near = abs(i - i2) <= 1 and abs(j - j2) <= 1
-        assert reads[i, j, pair, i2, j2, pair2] == (near and pair == pair2)
+    maps = jax.random.normal(jax.random.key(1), (optimizer.num_maps, 5, 5, 6))
+    operators = spatial_operators(conv, 2, 5, 5)
+    np.testing.assert_allclose(np.asarray(apply_spatial_operators(operators, maps.reshape(-1, 6))),
+                               np.asarray(spatial_features(conv, maps, 2)).reshape(-1, 6), rtol=1e-5, atol=1e-5)
+    first = np.asarray(operators[0][0]).reshape(4, 5, 5, optimizer.num_maps, 5, 5)  # [out, i, j, in, i', j']
+    reads = np.abs(first).sum(axis=(0, 3)) > 0
+    for i, j, i2, j2 in np.ndindex(*reads.shape):
+        assert reads[i, j, i2, j2] == (abs(i - i2) <= 1 and abs(j - j2) <= 1)
+
+
+def test_blocks_of_channel_pairs_give_the_updates_of_the_whole_kernel():
+    params, grads = cnn_params(), gradients_of(cnn_params())
+    updates = []
+    for block_size in (27, 32768):  # three channel pairs of a 3x3 kernel per block, then all at once
+        optimizer = lopt.get("conv_lopt", **SMALL, block_size=block_size)
+        tx = optimizer.transformation(optimizer.init(jax.random.key(0)))
+        updates.append(jax.jit(tx.update)(grads, tx.init(params), params)[0])
+    for got, want in zip(*(jax.tree.leaves(u) for u in updates)):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-5, atol=1e-10)
 
 
 def test_the_meta_gradient_reaches_the_convolution_and_the_head():
@@ -188,3 +204,14 @@ def test_invalid_settings_are_one_line_errors():
     tx = optimizer.transformation(optimizer.init(jax.random.key(0)))
     with pytest.raises(ValueError, match="conv_lopt needs params"):
         tx.update(cnn_params(), tx.init(cnn_params()))
+
+
+def test_the_cnn_config_builds_conv_lopt_and_small_fc_lopt_on_the_same_benchmark():
+    path = Path(__file__).resolve().parents[1] / "configs" / "conv_lopt_cnn.py"
+    conv_run = build_lib.build_from_file(str(path), ["--config.meta_train.parallel=none",
+                                                     "--config.meta_train.host_devices=0"])
+    assert isinstance(conv_run.learned_optimizer, lopt.ConvLOpt) and conv_run.family.name == "cnn_image"
+    fc_run = build_lib.build_from_file(str(path), ["--config.optimizer.name=small_fc_lopt",
+                                                   "--config.meta_train.parallel=none",
+                                                   "--config.meta_train.host_devices=0"])
+    assert fc_run.learned_optimizer == conv_run.learned_optimizer.fallback_optimizer
