@@ -21,8 +21,7 @@ from lopt.small_fc_lopt import (SmallFcLOpt, SmallFcLOptState, column_mlp_steps,
 Array = jax.Array
 
 # The spatial convolution reads its maps as [channels, height, width, batch], where the batch is every
-# (in, out) channel pair of one kernel, and writes its features the same way, so neither needs a transpose
-# back to the kernel's own element order.
+# (in, out) channel pair of one kernel, and writes its features the same way: the kernel's own element order.
 MAP_DIMENSIONS = ("CHWN", "HWIO", "CHWN")
 
 
@@ -118,6 +117,10 @@ class ConvLOpt(LearnedOptimizer):
 
     Meta-params: {"conv": the spatial convolutions, "head": the MLP head, "fallback":
     small_fc_lopt's}. State per conv-kernel parameter: the momenta, like small_fc_lopt.
+
+    Each convolution layer is applied as one dense matrix over a map's `h * w` pixels
+    (`spatial_operators`), with the per-tensor normalisation folded into the first matrix and the
+    head's first layer, to blocks of `block_size // (h * w)` channel pairs at a time.
     """
 
     hidden_sizes: Tuple[int, ...] = (32, 32)
