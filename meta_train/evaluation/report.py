@@ -171,7 +171,7 @@ def evaluate_run(config: ml_collections.ConfigDict, run: Any, meta_params: Any, 
         f"held-out {run.family.name} tasks",
     )
     print(f"wrote {workdir / EVAL_FILE} and {workdir / PLOT_FILE}")
-    if tensorboard_lib.enabled(config.tensorboard.mode):
+    if "tensorboard" in config and tensorboard_lib.enabled(config.tensorboard.mode):
         write_eval_tensorboard(workdir / tensorboard_lib.FOLDER / EVAL_BOARD_FOLDER, run.family.name, {
             "meta_trained": trained_curves, "initial": initial_curves, "tuned_baseline": tuned["curves"]})
     return {"table": table, "rows": [{k: v for k, v in r.items() if k != "final_losses"} for r in rows]}
