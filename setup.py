@@ -44,7 +44,7 @@ setup(
         "torch": TORCH,
         "tensorboard": TENSORBOARD,
         "all": EVOSAX + TFDS + TORCH + TENSORBOARD,
-        "test": ["pytest", "hypothesis"] + EVOSAX + TFDS + TORCH + TENSORBOARD,
+        "test": ["pytest", "pytest-xdist", "hypothesis"] + EVOSAX + TFDS + TORCH + TENSORBOARD,
     },
     entry_points={
         "console_scripts": [
