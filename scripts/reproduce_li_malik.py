@@ -183,12 +183,13 @@ def evaluate_class(args: argparse.Namespace, name: str, family: tasks.TaskFamily
     runs["momentum"], momentum_rate = tuned_curves(
         family, lopt.get("sgd_momentum", momentum=best_momentum), train_keys, eval_keys, steps)
     rates["momentum"] = {"learning_rate": momentum_rate, "momentum": best_momentum}
-    evaluations = {}
+    evaluations, searched = {}, {}
     for label, solver in (("conjugate gradient", line_search.conjugate_gradient()), ("L-BFGS", optax.lbfgs())):
         result = line_search.line_search_curves(family, solver, eval_keys, steps)
         runs[label] = with_final(result.train_losses, result.final_losses)
-        evaluations[label] = float(np.mean(result.evaluations) / steps)
-    measures = measure_values(args, runs)
+        evaluations[label] = float(np.mean(result.evaluations))
+        searched[label] = result
+    measures = measure_values(args, runs, searched)
     comparisons = {}
     for label in runs:
         if label == "learned policy":
@@ -202,6 +203,9 @@ def evaluate_class(args: argparse.Namespace, name: str, family: tasks.TaskFamily
     return {
         "family": name,
         "mean_curves": {label: np.mean(curve, axis=0).tolist() for label, curve in runs.items()},
+        "mean_curves_per_evaluation": {
+            label: [float(np.mean(result.at_evaluations(n))) for n in range(steps + 1)]
+            for label, result in searched.items()},
         "mean": {measure: {label: float(np.mean(v)) for label, v in values.items()}
                  for measure, values in measures.items()},
         "untrained_policy_mean_final": float(np.mean(untrained.final_losses)),
@@ -213,14 +217,21 @@ def evaluate_class(args: argparse.Namespace, name: str, family: tasks.TaskFamily
     }, runs
 
 
-def measure_values(args: argparse.Namespace, runs: Dict[str, np.ndarray]) -> Dict[str, Dict[str, np.ndarray]]:
+def measure_values(args: argparse.Namespace, runs: Dict[str, np.ndarray],
+                   searched: Dict[str, line_search.LineSearchCurves]) -> Dict[str, Dict[str, np.ndarray]]:
     """Returns, per measure, each optimizer's value on every objective: the objective at the training horizon, at
-    the end of the run, and averaged over the run's iterations (which rewards converging fast)."""
-    return {
+    the end of the run, averaged over the run's iterations (which rewards converging fast), and after as many
+    objective-and-gradient evaluations as the first-order methods make in the training horizon and the run."""
+    measures = {
         f"at_iteration_{args.horizon}": {label: curve[:, args.horizon] for label, curve in runs.items()},
         f"at_iteration_{args.eval_steps}": {label: curve[:, -1] for label, curve in runs.items()},
         "mean_over_iterations": {label: curve.mean(axis=1) for label, curve in runs.items()},
     }
+    for budget in (args.horizon, args.eval_steps):
+        measures[f"at_{budget}_evaluations"] = {
+            label: searched[label].at_evaluations(budget) if label in searched else curve[:, budget]
+            for label, curve in runs.items()}
+    return measures
 
 
 def plot(results: Dict[str, Any], path: str, args: argparse.Namespace) -> None:
@@ -234,10 +245,14 @@ def plot(results: Dict[str, Any], path: str, args: argparse.Namespace) -> None:
     axes = axes.flatten()
     for axis, name in zip(axes, PROBLEMS):
         for label, curve in results["classes"][name]["mean_curves"].items():
-            axis.plot(curve, label=label, linewidth=2.5 if label == "learned policy" else 1.2)
+            line, = axis.plot(curve, label=label, linewidth=2.5 if label == "learned policy" else 1.2)
+            per_evaluation = results["classes"][name]["mean_curves_per_evaluation"].get(label)
+            if per_evaluation is not None:
+                axis.plot(per_evaluation, color=line.get_color(), linestyle="--", linewidth=1.0,
+                          label=f"{label}, per evaluation")
         axis.axvline(args.horizon, color="grey", linestyle=":", linewidth=0.8)
         axis.set_title(name.replace("_", " "))
-        axis.set_xlabel("iteration")
+        axis.set_xlabel("iteration (dashed: objective-and-gradient evaluations)")
         axis.set_ylabel("mean objective (held-out)")
         axis.set_yscale("log")
     axes[0].legend(fontsize=8)
@@ -260,8 +275,10 @@ def markdown(results: Dict[str, Any], args: argparse.Namespace) -> str:
     """Returns the results table for BENCHMARKS.md."""
     labels = ["learned policy", "gradient descent", "momentum", "conjugate gradient", "L-BFGS"]
     lines = [f"Mean objective on {args.eval_objectives} held-out objectives per class: at iteration {args.horizon} "
-             f"(the training horizon), at iteration {args.eval_steps} (the end) and averaged over iterations "
-             f"0..{args.eval_steps}. 'As good or better' = the learned policy is not worse than every baseline by more "
+             f"(the training horizon), at iteration {args.eval_steps} (the end), averaged over iterations "
+             f"0..{args.eval_steps}, and after {args.horizon} and {args.eval_steps} objective-and-gradient evaluations "
+             "(the same as iterations for the policy, GD and momentum; CG and L-BFGS spend several per iteration on "
+             "their line searches). 'As good or better' = the learned policy is not worse than any baseline by more "
              "than 2 paired standard errors.",
              "", "| class | measure | " + " | ".join(labels) + " | as good or better |",
              "|---|---|" + "---|" * (len(labels) + 1)]
@@ -270,6 +287,10 @@ def markdown(results: Dict[str, Any], args: argparse.Namespace) -> str:
             values = " | ".join(f"{values_by_label[label]:.4g}" for label in labels)
             verdict = "yes" if r["claim_holds"][measure] else "no"
             lines.append(f"| {name} | {measure.replace('_', ' ')} | {values} | {verdict} |")
+    lines += ["", "Evaluations per iteration of the line-search methods: " + "; ".join(
+        f"{name} " + ", ".join(f"{label} {count:.1f}" for label, count in
+                               r["line_search_evaluations_per_iteration"].items())
+        for name, r in results["classes"].items()) + "."]
     c = results["policy_gradient_vs_pes"]
     lines += ["", f"Policy gradient vs PES on {PES_CLASS}, {c['inner_steps_per_meta_step']} inner steps per meta-step, "
               f"{args.meta_steps} meta-steps each:", "",

@@ -98,6 +98,10 @@ def test_line_search_curves_start_at_the_tasks_initial_loss_and_reach_the_optimu
     for solver in (line_search.conjugate_gradient(), optax.lbfgs()):
         result = line_search.line_search_curves(family, solver, key, 15)
         assert result.train_losses[0, 0] == pytest.approx(float(initial), rel=1e-6)
-        assert np.all(np.diff(result.train_losses[0]) <= 1e-6) and result.evaluations[0] > 0
+        assert np.all(np.diff(result.train_losses[0]) <= 1e-6) and np.all(result.evaluations[0] >= 1)
+        budget = int(result.evaluations[0, :2].sum())  # exactly enough for two iterations
+        assert result.at_evaluations(budget)[0] == result.train_losses[0, 2]
+        assert result.at_evaluations(budget - 1)[0] == result.train_losses[0, 1]
+        assert result.at_evaluations(0)[0] == result.train_losses[0, 0]
         finals.append(result.final_losses[0])
     assert finals[0] == pytest.approx(finals[1], rel=1e-4)  # both at the (convex) optimum

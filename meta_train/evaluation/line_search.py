@@ -5,7 +5,9 @@ gradient at the iterate, so they are not LearnedOptimizers; they are run here on
 per task, which is the task's whole objective for families whose batches are the whole split
 (robust_linear_regression, gaussian_mixture_mlp, logistic_regression with full_batch=True).
 Curves count iterations (one direction and one line search each), as in Li & Malik's figures;
-`evaluations` counts the objective evaluations the line searches added.
+`evaluations` counts the objective-and-gradient evaluations each iteration's line search made (the
+last one, at the accepted point, is reused as the next iteration's gradient), so that they can also
+be compared with first-order methods at an equal number of evaluations (`at_evaluations`).
 """
 
 from __future__ import annotations
@@ -69,11 +71,22 @@ def conjugate_gradient(max_linesearch_steps: int = 20) -> optax.GradientTransfor
 
 
 class LineSearchCurves(NamedTuple):
-    """Losses [tasks, steps] before each iteration, final losses [tasks] and added objective evaluations [tasks]."""
+    """Losses [tasks, steps] before each iteration, final losses [tasks] and each iteration's line-search
+    evaluations [tasks, steps]."""
 
     train_losses: np.ndarray
     final_losses: np.ndarray
     evaluations: np.ndarray
+
+    def at_evaluations(self, budget: int) -> np.ndarray:
+        """Returns [tasks]: the loss at the last iterate reached within `budget` evaluations after the initial one.
+
+        A first-order method's iterate k costs k evaluations in these units (its loss is curves[:, k]).
+        """
+        losses = np.concatenate([self.train_losses, self.final_losses[:, None]], axis=1)
+        spent = np.concatenate([np.zeros_like(self.evaluations[:, :1]), np.cumsum(self.evaluations, axis=1)], axis=1)
+        reached = np.sum(spent <= budget, axis=1) - 1
+        return losses[np.arange(losses.shape[0]), reached]
 
 
 @functools.partial(jax.jit, static_argnames=("transformation", "num_steps"))
@@ -99,7 +112,7 @@ def _run(family: TaskFamily, transformation: Any, task_keys: Array, run_keys: Ar
             return (optax.apply_updates(params, updates), state), (value, searched)
 
         (params, _), (losses, searched) = jax.lax.scan(step, (params, transformation.init(params)), None, num_steps)
-        return losses, objective(params), jnp.sum(searched)
+        return losses, objective(params), searched
 
     return jax.vmap(one_task)(task_keys, run_keys)
 
