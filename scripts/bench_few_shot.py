@@ -235,6 +235,8 @@ def run_setting(args: argparse.Namespace, shots: int, workdir: Path) -> Dict[str
         "lstm_minus_best_baseline": {"baseline": best_baseline, "step": args.inner_steps,
                                      "accuracy": paired_difference(curves[LSTM], curves[best_baseline],
                                                                    args.inner_steps)},
+        "lstm_minus": {label: {str(step): paired_difference(curves[LSTM], curves[label], step) for step in steps}
+                       for label in curves if label != LSTM},
         "nonfinite_episodes": {label: int(np.sum(~np.isfinite(c.losses[:, -1]))) for label, c in curves.items()},
         "seconds": timings,
     }
@@ -252,7 +254,9 @@ def summary_markdown(result: Dict[str, Any]) -> str:
         f"# Few-shot: {setup['ways']}-way, {setup['input_size']}-{setup['hidden']}-{setup['ways']} MLP, "
         f"held-out {setup['dataset']} classes {setup['test_classes']}", "",
         f"Command: `{result['command']}`", "",
-        f"Machine: {result['machine']}; {result['date']}; total {result['total_seconds'] / 60:.1f} min.", "",
+        f"Machine: {result['machine']}; {result['date']}; total {result['total_seconds'] / 60:.1f} min wall, "
+        f"{result['cpu_seconds'] / 60:.1f} min CPU (load average {result['load_average'][0]:.1f} at the start, "
+        f"{result['load_average'][1]:.1f} at the end).", "",
         f"Meta-training on classes {setup['train_classes']} ({setup['dataset']} train split), "
         f"{setup['meta_steps']} meta-steps of 4 episodes each, exact backprop through {setup['inner_steps']}-step "
         f"episodes (tbptt with truncation = episode), query-loss meta-objective, Adam 1e-3. Test: "
@@ -271,8 +275,10 @@ def summary_markdown(result: Dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(_interval(entry[s]["accuracy"], 100) for s in steps) + " | "
                          + " | ".join(_interval(entry[s]["loss"], digits=3) for s in steps) + " |")
         diff = setting["lstm_minus_best_baseline"]
+        other = setting["lstm_minus"][SMALL_FC][str(diff["step"])]
         lines += ["", f"Meta-trained LSTM minus {diff['baseline']} after {diff['step']} steps, paired over the same "
-                      f"episodes: {_interval(diff['accuracy'], 100)} accuracy points.", ""]
+                      f"episodes: {_interval(diff['accuracy'], 100)} accuracy points; minus {SMALL_FC}: "
+                      f"{_interval(other, 100)}.", ""]
     return "\n".join(lines)
 
 
@@ -296,7 +302,8 @@ def plot(result: Dict[str, Any], path: Path) -> None:
                 high = np.array([c["high"] for c in curve[metric]]) * scale
                 (line,) = ax.plot(steps, mean, label=label, marker="o", markersize=3)
                 ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-            ax.axvline(result["setup"]["inner_steps"], color="grey", linestyle=":", linewidth=1)
+            ax.axvline(result["setup"]["inner_steps"], color="grey", linestyle=":", linewidth=1,
+                       label="meta-training / tuning horizon")
             ax.set_xlabel("inner step")
             ax.set_ylabel("query accuracy (%)" if metric == "accuracy" else "query loss")
             ax.set_title(f"5-way {setting['shots']}-shot, held-out classes")
@@ -321,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BenchError as err:
         print(f"bench_few_shot: {err}", file=sys.stderr)
         return 2
-    began = time.perf_counter()
+    began, cpu_began, load_began = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     workdir = Path(args.workdir)
     try:
         settings = [run_setting(args, shots, workdir) for shots in args.shots]
@@ -336,6 +343,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "total_seconds": time.perf_counter() - began,
+        "cpu_seconds": time.process_time() - cpu_began,
+        "load_average": [load_began, os.getloadavg()[0]],
         "setup": {"dataset": args.dataset, "input_size": input_size, "hidden": args.hidden, "ways": args.ways,
                   "queries": args.queries, "train_classes": list(args.train_classes),
                   "test_classes": list(args.test_classes), "test_split": args.test_split,
