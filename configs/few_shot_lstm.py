@@ -6,8 +6,8 @@ for meta-testing (scripts/bench_few_shot.py builds those episodes from the test 
 estimator is truncated backprop with a truncation as long as the inner run (5 steps) and the
 horizon not staggered, so every meta-gradient is the exact gradient of whole episodes' query loss
 (the mean over the 5 inner steps of loss / log 5); meta-optimizer Adam at 1e-3, 4 episodes per
-meta-step. Needs `<data_dir>/mnist/`; set task.kwargs.dataset="digits", task.kwargs.image_size=8
-and task.kwargs.max_per_class=150 to run with no files.
+meta-step. Needs `<data_dir>/mnist/`; set task.kwargs.dataset="digits" and task.kwargs.image_size=8 to run
+with no files.
 """
 
 from meta_train.config import base_config
