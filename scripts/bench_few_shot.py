@@ -97,9 +97,11 @@ def check_arguments(args: argparse.Namespace) -> None:
                 f"(or set LOPT_DATA_DIR) to a folder holding {args.dataset}/, or use --dataset digits")
     train, test = set(args.train_classes), set(args.test_classes)
     if train & test:
-        raise BenchError(f"--train-classes and --test-classes share {sorted(train & test)}; test classes must be held out")
+        raise BenchError(f"--train-classes and --test-classes share {sorted(train & test)}; "
+                         "test classes must be held out")
     if min(len(train), len(test)) < args.ways:
-        raise BenchError(f"need at least --ways={args.ways} classes on each side, got {sorted(train)} and {sorted(test)}")
+        raise BenchError(f"need at least --ways={args.ways} classes on each side, got {sorted(train)} and "
+                         f"{sorted(test)}")
     if args.test_episodes < 2 or args.tune_episodes < 1 or args.meta_steps < 1:
         raise BenchError("need --test-episodes >= 2, --tune-episodes >= 1 and --meta-steps >= 1")
     if not 1 <= args.inner_steps <= args.eval_steps:
@@ -316,7 +318,8 @@ def plot(result: Dict[str, Any], path: Path) -> None:
 
 def machine() -> str:
     """Returns a short description of this machine."""
-    return f"{os.cpu_count()}-core {platform.machine()} CPU ({jax.default_backend()}), Python {platform.python_version()}"
+    return (f"{os.cpu_count()}-core {platform.machine()} CPU ({jax.default_backend()}), "
+            f"Python {platform.python_version()}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
