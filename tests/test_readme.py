@@ -21,7 +21,8 @@ def test_readme_commands_come_first():
     lines = README.read_text().splitlines()
     commands = lines[lines.index("```bash") + 1: lines.index("```bash") + 3]
     assert commands[0].startswith("pip install -e . && lopt-meta-train --config configs/quickstart.py")
-    assert commands[1] == 'pip install -e ".[test]" && python -m pytest -q tests'
+    assert commands[1] == 'pip install -e ".[test]" && python -m pytest -q -n 2 --dist loadfile tests'
+    assert commands[1].split("&& ")[1].replace("python", "python3") in (README.parent / ".ci" / "run").read_text()
 
 
 def test_readme_api_example_meta_trains():
