@@ -5,7 +5,7 @@ digits, mnist, fashion_mnist, cifar10, `tfds:NAME`), image size, conv channels p
 kernel size per layer, pooling and batch size. Each conv is stride 1 with SAME padding and
 is followed by the activation and, with `pooling="max"` or `"avg"`, a 2x2 stride-2 pool
 (skipped once the feature map is 1 pixel wide). The last feature map is averaged over space
-and a dense head gives the class logits.
+and a dense head gives the class logits: the flax module `tasks.networks.CNN`.
 
 Each task samples an activation index (applied with `lax.switch`) and an init scale,
 log-uniform in [min_init_scale, max_init_scale], multiplying a fan-in-scaled normal init:
@@ -25,14 +25,14 @@ import jax.numpy as jnp
 
 from tasks.base import Array, TaskError, TaskFamily
 from tasks.datasets import ArrayDataset, is_image_dataset, load_dataset
-from tasks.mlp_image import ACTIVATIONS, IMAGE_DATASETS, ImageClassificationTask, apply_activation
+from tasks.mlp_image import IMAGE_DATASETS, ImageClassificationTask
+from tasks.networks import ACTIVATIONS, CNN, POOLINGS
 from tasks.registry import register
 from tasks.sampling import check_range, log_uniform, normal_draws, uniform_index
 
 Params = Dict[str, Dict[str, Array]]
 Batch = Tuple[Array, Array]
 CNNConfig = Dict[str, Array]
-POOLINGS = ("max", "avg", "none")
 ConvShape = Tuple[int, int, int, int]
 
 
@@ -54,30 +54,15 @@ def init_cnn(key: Array, shapes: Sequence[ConvShape], num_outputs: int, init_sca
     return params
 
 
-def _pool(x: Array, pooling: str) -> Array:
-    if pooling == "none" or x.shape[1] < 2 or x.shape[2] < 2:
-        return x
-    window, strides = (1, 2, 2, 1), (1, 2, 2, 1)
-    if pooling == "max":
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, "VALID")
-    return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID") / 4.0
-
-
 def apply_cnn(
     params: Params, images: Array, activation: Array, activations: Sequence[str], pooling: str
 ) -> Array:
-    """Returns logits [batch, outputs] of the CNN `params` on float images [batch, H, W, C]."""
-    chex.assert_rank(images, 4)
-    hidden = images
-    num_convs = sum(1 for name in params if name.startswith("conv_"))
-    for i in range(num_convs):
-        layer = params[f"conv_{i}"]
-        hidden = jax.lax.conv_general_dilated(
-            hidden, layer["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        ) + layer["b"]
-        hidden = _pool(apply_activation(activation, hidden, activations), pooling)
-    features = jnp.mean(hidden, axis=(1, 2))
-    return features @ params["head"]["w"] + params["head"]["b"]
+    """Returns logits [batch, outputs] of the CNN `params` on float images [batch, H, W, C] (the flax CNN whose
+    layers the params' shapes give)."""
+    kernels = [params[f"conv_{i}"]["w"].shape for i in range(sum(1 for name in params if name.startswith("conv_")))]
+    network = CNN(tuple(s[3] for s in kernels), tuple(s[0] for s in kernels), params["head"]["w"].shape[1],
+                  tuple(activations), pooling)
+    return network.apply({"params": params}, images, activation)
 
 
 class CNNImageTask(ImageClassificationTask):
@@ -91,6 +76,7 @@ class CNNImageTask(ImageClassificationTask):
         self.activations = family.activations
         self.pooling = family.pooling
         self.batch_size = family.batch_size
+        self.network = family.network
         self.cfg = cfg
 
     def init(self, key: Array) -> Params:
@@ -98,8 +84,8 @@ class CNNImageTask(ImageClassificationTask):
         return init_cnn(key, self.shapes, self.data.num_classes, self.cfg["init_scale"])
 
     def apply(self, params: Params, x: Array) -> Array:
-        """Returns class logits [batch, num_classes] for the images `x`."""
-        return apply_cnn(params, x, self.cfg["activation"], self.activations, self.pooling)
+        """Returns class logits [batch, num_classes] of the family's flax CNN for the images `x`."""
+        return self.network.apply({"params": params}, x, self.cfg["activation"])
 
 
 @register("cnn_image")
@@ -158,6 +144,7 @@ class CNNImageFamily(TaskFamily):
             dataset, self.image_size, data_dir, max_examples, tfds_data_dir=tfds_data_dir, download=download
         )
         self.shapes = conv_shapes(self.data.input_shape[-1], channels, kernels)
+        self.network = CNN(channels, kernels, self.data.num_classes, self.activations, pooling)
 
     def sample(self, key: Array) -> CNNConfig:
         """Samples an activation index uniformly and a log-uniform init scale."""

@@ -2,6 +2,7 @@
 
 Widths, image size and dataset are static (constructor arguments); the dataset is any image
 dataset `tasks.load_dataset` reads (digits, mnist, fashion_mnist, cifar10, cifar10_grey, or `tfds:NAME`).
+The network is the flax module `tasks.networks.MLP`.
 Each task samples an activation index (applied with `lax.switch`, so a vmapped batch of
 tasks may mix activations) and an init scale, log-uniform in [min_init_scale,
 max_init_scale], that multiplies a fan-in-scaled normal init: w ~ N(0, (init_scale^2) / fan_in), b = 0.
@@ -16,7 +17,7 @@ prediction, so about 1 at initialisation and towards 0 when trained.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import chex
 import jax
@@ -25,29 +26,14 @@ import optax
 
 from tasks.base import Array, Task, TaskError, TaskFamily, check_split
 from tasks.datasets import ArrayDataset, is_image_dataset, load_dataset
+from tasks.networks import ACTIVATIONS, MLP, apply_activation  # noqa: F401 - apply_activation: imported from here
 from tasks.registry import register
 
 Params = Dict[str, Dict[str, Array]]
 Batch = Tuple[Array, Array]
 MLPConfig = Dict[str, Array]
 
-ACTIVATIONS: Dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
-    "silu": jax.nn.silu,
-    "leaky_relu": jax.nn.leaky_relu,
-    "elu": jax.nn.elu,
-}
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_grey")
-
-
-def apply_activation(index: Array, x: Array, names: Sequence[str] = tuple(ACTIVATIONS)) -> Array:
-    """Applies activation `names[index]` to `x` with lax.switch (the index may be traced)."""
-    branches = [ACTIVATIONS[name] for name in names]
-    if len(branches) == 1:
-        return branches[0](x)
-    return jax.lax.switch(jnp.clip(index, 0, len(branches) - 1), branches, x)
 
 
 class ImageClassificationTask(Task):
@@ -86,6 +72,7 @@ class MLPImageTask(ImageClassificationTask):
         self.activations = family.activations
         self.batch_size = family.batch_size
         self.mup = family.mup
+        self.network = family.network
         self.cfg = cfg
 
     def init(self, key: Array) -> Params:
@@ -104,17 +91,9 @@ class MLPImageTask(ImageClassificationTask):
         return params
 
     def apply(self, params: Params, x: Array) -> Array:
-        """Returns class logits [batch, num_classes] for images or flat features `x`."""
-        hidden = x.reshape(x.shape[0], -1)
-        chex.assert_shape(hidden, (None, self.layer_sizes[0]))
-        num_layers = len(self.layer_sizes) - 1
-        for i in range(num_layers):
-            layer = params[f"layer_{i}"]
-            hidden = hidden @ layer["w"] + layer["b"]
-            if i < num_layers - 1:
-                hidden = apply_activation(self.cfg["activation"], hidden, self.activations)
-        return hidden
-
+        """Returns class logits [batch, num_classes] of the family's flax MLP for images or flat features `x`."""
+        chex.assert_shape(x.reshape(x.shape[0], -1), (None, self.layer_sizes[0]))
+        return self.network.apply({"params": params}, x, self.cfg["activation"])
 
 
 @register("mlp_image")
@@ -172,6 +151,7 @@ class MLPImageFamily(TaskFamily):
             dataset, self.image_size, data_dir, max_examples, tfds_data_dir=tfds_data_dir, download=download
         )
         self.layer_sizes = (math.prod(self.data.input_shape),) + self.hidden + (self.data.num_classes,)
+        self.network = MLP(self.layer_sizes[1:], self.activations, self.mup)
 
     def sample(self, key: Array) -> MLPConfig:
         """Samples an activation index uniformly and a log-uniform init scale."""

@@ -4,8 +4,8 @@ Static (constructor arguments): the text (see tasks/text_data.py: `tiny_shakespe
 the data folder, `sklearn_docs` bundled, `file:PATH`, `tfds:tiny_shakespeare`, `tfds:lm1b`),
 width, depth, heads, MLP width multiple, sequence length and batch size. The model is a
 pre-LayerNorm GPT: learned token and position embeddings, `depth` blocks of causal
-multi-head self-attention and a GELU MLP, a final LayerNorm and an untied output layer.
-Params are plain nested dicts.
+multi-head self-attention and a GELU MLP, a final LayerNorm and an untied output layer: the
+flax module `tasks.networks.TransformerLM`. Params are plain nested dicts.
 
 Each task samples an init scale, log-uniform in [min_init_scale, max_init_scale], that
 multiplies every weight matrix's fan-in-scaled normal init (embeddings: N(0, scale^2 / width));
@@ -29,24 +29,13 @@ import jax.numpy as jnp
 import optax
 
 from tasks.base import Array, Task, TaskError, TaskFamily, check_split
+from tasks.networks import TransformerLM
 from tasks.registry import register
 from tasks.sampling import check_range, log_uniform, normal_draws
 from tasks.text_data import TextDataset, load_text
 
 Params = Dict[str, Dict[str, Array]]
 LMConfig = Dict[str, Array]
-
-
-def _layer_norm(x: Array, p: Dict[str, Array]) -> Array:
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["bias"]
-
-
-def _dropout(x: Array, rate: Optional[Array], draws: Optional[Array]) -> Array:
-    if rate is None:
-        return x
-    return jnp.where(draws >= rate, x / (1.0 - rate), 0.0)
 
 
 class TransformerLMTask(Task):
@@ -60,6 +49,7 @@ class TransformerLMTask(Task):
         self.mlp_width = family.mlp_ratio * family.width
         self.seq_len, self.batch_size = family.seq_len, family.batch_size
         self.use_dropout = family.max_dropout > 0
+        self.network = family.network
         self.cfg = cfg
 
     def init(self, key: Array) -> Params:
@@ -90,27 +80,11 @@ class TransformerLMTask(Task):
         return self.data.sample(key, check_split(split), self.batch_size, self.seq_len + 1)
 
     def apply(self, params: Params, tokens: Array, key: Optional[Array] = None) -> Array:
-        """Returns next-token logits [batch, time, vocab] for int tokens [batch, time] (time <= seq_len)."""
-        chex.assert_rank(tokens, 2)
-        time = tokens.shape[1]
-        rate = self.cfg["dropout"] if self.use_dropout else None
-        one_hot = jax.nn.one_hot(tokens, self.data.vocab_size, dtype=jnp.float32)
-        x = one_hot @ params["embed"]["tokens"] + params["embed"]["positions"][:time]
-        shape = (2 * self.depth,) + x.shape
-        draws = jax.random.uniform(key, shape) if self.use_dropout else [None] * (2 * self.depth)
-        head_dim = self.width // self.heads
-        causal = jnp.tril(jnp.ones((time, time), bool))
-        for i in range(self.depth):
-            block = params[f"block_{i}"]
-            q, k, v = jnp.split(_layer_norm(x, block["ln1"]) @ block["attn"]["qkv"], 3, axis=-1)
-            q, k, v = (t.reshape(t.shape[0], time, self.heads, head_dim) for t in (q, k, v))
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
-            weights = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1)
-            attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape)
-            x = x + _dropout(attended @ block["attn"]["out"], rate, draws[2 * i])
-            hidden = jax.nn.gelu(_layer_norm(x, block["ln2"]) @ block["mlp"]["w1"] + block["mlp"]["b1"])
-            x = x + _dropout(hidden @ block["mlp"]["w2"] + block["mlp"]["b2"], rate, draws[2 * i + 1])
-        return _layer_norm(x, params["final_ln"]) @ params["head"]["w"] + params["head"]["b"]
+        """Returns next-token logits [batch, time, vocab] of the family's flax LM for int tokens [batch, time]
+        (time <= seq_len); `key` draws the dropout masks when the family samples dropout."""
+        if not self.use_dropout:
+            return self.network.apply({"params": params}, tokens)
+        return self.network.apply({"params": params}, tokens, self.cfg["dropout"], rngs={"dropout": key})
 
     def loss(self, params: Params, key: Array, batch: Array) -> Array:
         """Returns the mean next-token cross-entropy in nats per token (float32)."""
@@ -168,6 +142,8 @@ class TransformerLMFamily(TaskFamily):
         self.data = load_text(
             dataset, data_dir, tokenizer=tokenizer, max_chars=max_chars, tfds_data_dir=tfds_data_dir, download=download
         )
+        self.network = TransformerLM(self.data.vocab_size, self.width, self.depth, self.heads,
+                                     self.mlp_ratio * self.width, self.seq_len)
         short = [s for s, t in self.data.tokens.items() if t.shape[0] < self.seq_len + 1]
         if short:
             raise TaskError(f"transformer_lm: text {dataset!r} split(s) {short} are shorter than seq_len + 1 tokens")
