@@ -106,6 +106,9 @@ def meta_optimizer(args: argparse.Namespace) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
+RESUMED: List[str] = []  # trainings loaded from --workdir instead of run by this invocation
+
+
 def meta_train_policy(args: argparse.Namespace, training: tasks.TaskFamily, estimator: Any, label: str
                       ) -> Tuple[Any, List[float], float]:
     """Meta-trains li_malik_policy with `estimator`; returns (meta-params, meta-losses, seconds), resuming from
@@ -115,6 +118,7 @@ def meta_train_policy(args: argparse.Namespace, training: tasks.TaskFamily, esti
     if path.exists():
         loaded = lopt.load(path)
         print(f"{label}: loaded {path}", flush=True)
+        RESUMED.append(label)
         return loaded.meta_params, loaded.provenance["meta_losses"], loaded.provenance["seconds"]
     trainer = meta_train.Trainer(training, optimizer, estimator=estimator,
                                  horizon=meta_train.ConstantHorizon(args.horizon, stagger=False),
@@ -190,6 +194,7 @@ def evaluate_class(args: argparse.Namespace, name: str, family: tasks.TaskFamily
         evaluations[label] = float(np.mean(result.evaluations))
         searched[label] = result
     measures = measure_values(args, runs, searched)
+    best = np.min(np.stack([np.min(curve, axis=1) for curve in runs.values()]), axis=0)  # per objective
     comparisons = {}
     for label in runs:
         if label == "learned policy":
@@ -205,6 +210,10 @@ def evaluate_class(args: argparse.Namespace, name: str, family: tasks.TaskFamily
         "mean_curves": {label: np.mean(curve, axis=0).tolist() for label, curve in runs.items()},
         "mean_curves_per_evaluation": {
             label: [float(np.mean(result.at_evaluations(n))) for n in range(steps + 1)]
+            for label, result in searched.items()},
+        "mean_excess_curves": {label: np.mean(curve - best[:, None], axis=0).tolist() for label, curve in runs.items()},
+        "mean_excess_curves_per_evaluation": {
+            label: [float(np.mean(result.at_evaluations(n) - best)) for n in range(steps + 1)]
             for label, result in searched.items()},
         "mean": {measure: {label: float(np.mean(v)) for label, v in values.items()}
                  for measure, values in measures.items()},
@@ -243,27 +252,30 @@ def plot(results: Dict[str, Any], path: str, args: argparse.Namespace) -> None:
 
     figure, axes = plt.subplots(2, 2, figsize=(11, 8))
     axes = axes.flatten()
+    floor = 1e-7  # log axes: an excess of exactly 0 is drawn at the floor
     for axis, name in zip(axes, PROBLEMS):
-        for label, curve in results["classes"][name]["mean_curves"].items():
-            line, = axis.plot(curve, label=label, linewidth=2.5 if label == "learned policy" else 1.2)
-            per_evaluation = results["classes"][name]["mean_curves_per_evaluation"].get(label)
+        for label, curve in results["classes"][name]["mean_excess_curves"].items():
+            line, = axis.plot(np.maximum(curve, floor), label=label, linewidth=2.5 if label == "learned policy" else 1.2)
+            per_evaluation = results["classes"][name]["mean_excess_curves_per_evaluation"].get(label)
             if per_evaluation is not None:
-                axis.plot(per_evaluation, color=line.get_color(), linestyle="--", linewidth=1.0,
+                axis.plot(np.maximum(per_evaluation, floor), color=line.get_color(), linestyle="--", linewidth=1.0,
                           label=f"{label}, per evaluation")
         axis.axvline(args.horizon, color="grey", linestyle=":", linewidth=0.8)
         axis.set_title(name.replace("_", " "))
         axis.set_xlabel("iteration (dashed: objective-and-gradient evaluations)")
-        axis.set_ylabel("mean objective (held-out)")
+        axis.set_ylabel("mean objective - best reached (held-out)")
         axis.set_yscale("log")
     axes[0].legend(fontsize=8)
     comparison = results["policy_gradient_vs_pes"]
     axis = axes[-1]
+    reference = np.asarray(results["classes"][PES_CLASS]["mean_curves"]["conjugate gradient"])[-1]
     for label in ("policy_gradient", "pes"):
-        axis.plot(comparison[label]["mean_curve"], label=f"{label} ({comparison[label]['seconds']:.0f} s)")
-    axis.plot(results["classes"][PES_CLASS]["mean_curves"]["L-BFGS"], label="L-BFGS", color="grey", linewidth=0.8)
+        excess = np.asarray(comparison[label]["mean_curve"]) - reference
+        axis.plot(np.maximum(excess, floor), label=f"{label} ({comparison[label]['seconds']:.0f} s of meta-training)")
     axis.axvline(args.horizon, color="grey", linestyle=":", linewidth=0.8)
-    axis.set_title(f"{PES_CLASS.replace('_', ' ')}: PG vs PES, equal inner steps")
+    axis.set_title(f"{PES_CLASS.replace('_', ' ')}: PG vs PES (equal inner steps)")
     axis.set_xlabel("iteration")
+    axis.set_ylabel("mean objective - CG's final mean")
     axis.set_yscale("log")
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -302,7 +314,10 @@ def markdown(results: Dict[str, Any], args: argparse.Namespace) -> str:
     d = c["pg_minus_pes_final"]
     lines += ["", f"PG - PES, objective at the end: {d['mean']:+.4g} +- {d['standard_error']:.2g} (s.e., paired)",
               "", f"Verdict: {results['verdict']}", "",
-              f"Total time {results['setup']['total_seconds']:.0f} s on {results['setup']['machine']}."]
+              f"Total time {results['setup']['total_seconds']:.0f} s on {results['setup']['machine']}"
+              + (f" (this invocation; {len(results['setup']['trainings_loaded_from_workdir'])} meta-trainings taking "
+                 f"{results['setup']['loaded_trainings_seconds']:.0f} s were loaded from --workdir)."
+                 if results["setup"]["trainings_loaded_from_workdir"] else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -367,6 +382,10 @@ def main() -> None:
         "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU" if jax.default_backend() == "cpu"
         else jax.default_backend(),
         "date": time.strftime("%Y-%m-%d"), "total_seconds": round(time.time() - start, 1),
+        "trainings_loaded_from_workdir": list(RESUMED),
+        "loaded_trainings_seconds": round(sum(results["meta_train_seconds"].get(label.split("_", 2)[-1], 0.0)
+                                              for label in RESUMED if label.startswith("policy_gradient_"))
+                                          + (pes_seconds if f"pes_{PES_CLASS}" in RESUMED else 0.0), 1),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(results, indent=1))
