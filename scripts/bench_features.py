@@ -1,7 +1,7 @@
 """Ablation of learned-optimizer inputs and meta-regularisation on one fixed small benchmark: each row meta-trains
 with the same budget, then every row is judged on held-out tasks against per-task tuned Adam, side by side.
 
-    flock /tmp/lopt-bench.lock nice -n 5 python scripts/bench_features.py --meta-steps 100 --num-tasks 4 \\
+    flock /tmp/lopt-bench.lock nice -n 5 python scripts/bench_features.py --meta-steps 300 --num-tasks 4 \\
         --workdir runs/features_ablation --out benchmarks/features_ablation.json [--rows baseline log_abs ...]
 
 Benchmark: configs/feature_lopt.py, PES meta-training on small CNNs (8 and 16 channels, 3x3 kernels,
@@ -255,7 +255,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Returns the benchmark's command-line arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    p.add_argument("--meta-steps", type=int, default=100, help="meta-steps per row (the meta-lr decays over them)")
+    p.add_argument("--meta-steps", type=int, default=300, help="meta-steps per row (the meta-lr decays over them)")
     p.add_argument("--num-tasks", type=int, default=4, help="tasks per meta-step (an even number: 2 host devices)")
     p.add_argument("--workdir", default="runs/features_ablation")
     p.add_argument("--out", default="benchmarks/features_ablation.json")
