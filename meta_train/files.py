@@ -12,6 +12,8 @@ from typing import Any
 import jax
 import numpy as np
 
+EXPORT_FILE = "optimizer.lopt"  # what a run exports into its workdir
+
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Writes `text` to a temporary file beside `path`, syncs it, and renames it over `path`."""

@@ -26,14 +26,13 @@ from meta_train import launch
 from meta_train import tensorboard as tensorboard_lib
 from meta_train.meta_loss_plot import PLOT_FILE, plot_meta_loss
 from meta_train.checkpoint import CheckpointError, Checkpointer, to_host
-from meta_train.files import WorkdirError, prepare_workdir, tree_digest, write_text_atomic  # noqa: F401 - public here too
+from meta_train.files import EXPORT_FILE, WorkdirError, prepare_workdir, tree_digest, write_text_atomic  # noqa: F401 - public here too
 from meta_train.folder_lock import FolderLockedError, folder_lock
 from meta_train.interruption import StopRequest, exit_status
 from meta_train.trainer import place_state
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
-EXPORT_FILE = "optimizer.lopt"
 TIME_FILE = "train_seconds.json"
 COMPILE_CACHE_DIR = "compile_cache"
 

@@ -133,3 +133,10 @@ def test_config_evaluates_each_mixture_family_built_as_meta_training_builds_it(t
     assert set(json.loads((out / "evaluation.json").read_text())["settings"]) == {"quad4", "quad6"}
     assert sorted(family.dim for family in built) == [4, 6]
     assert not any(isinstance(family, tasks.ReparameterizedFamily) for family in built)
+
+
+def test_runs_own_exports_are_labelled_by_their_run_folder_and_repeats_are_numbered():
+    sources = ["runs/conv_lopt/optimizer.lopt", "runs/small_fc_lopt/optimizer.lopt", "celo.lopt",
+               "elsewhere/celo.lopt", "pretrained:celo"]
+    labels = evaluation_run.unique_labels([evaluation_run.optimizer_label(s) for s in sources])
+    assert labels == ["conv_lopt", "small_fc_lopt", "celo", "celo-2", "celo-3"]

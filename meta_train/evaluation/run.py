@@ -29,7 +29,7 @@ from meta_train.evaluation import curves as evaluate
 from meta_train.evaluation import summary
 from meta_train.evaluation.summary import PLOT_FILE, RESULT_FILE, TABLE_FILE  # noqa: F401 - re-exported
 from meta_train.files import write_text_atomic
-from meta_train.files import prepare_workdir, tree_digest
+from meta_train.files import EXPORT_FILE, prepare_workdir, tree_digest
 from meta_train.trainer import numbered_labels
 
 ARGUMENTS_FILE = "arguments.json"
@@ -99,10 +99,14 @@ def unique_labels(names: Sequence[str]) -> List[str]:
 
 
 def optimizer_label(source: str) -> str:
-    """Returns the display name of an optimizer source: the pretrained name or the export file's stem."""
+    """Returns the display name of an optimizer source: the pretrained name, the export file's stem, or for a
+    run's own export (WORKDIR/optimizer.lopt, which every run writes) the run folder's name."""
     if source.startswith(PRETRAINED_PREFIX):
         return source[len(PRETRAINED_PREFIX):]
-    return Path(source).stem
+    path = Path(source)
+    if path.name == EXPORT_FILE and path.parent.name:
+        return path.parent.name
+    return path.stem
 
 
 def canonical_baseline(name: str) -> str:
