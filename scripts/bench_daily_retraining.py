@@ -13,8 +13,9 @@ trailing 60-day volatility, to the next 5 days' realised volatility in the same 
 on the trailing 500 days by weighted mean squared error plus 0.1/2 times the squared weights;
 full batch, 100 steps per refit (the fixed budget).
 
-1. Meta-training, on refit days up to 2016-12-30 only: small_fc_lopt (configs/finance_daily.py)
-   with PES, one optimizer per asset class (equities: S&P 500 stocks; fx: FRED H.10 rates;
+1. Meta-training, on refit days up to 2016-12-30 only: the learned optimizer of --config
+   (configs/finance_daily.py: small_fc_lopt; configs/finance_daily_adam_multiplier.py: Adam with
+   learned per-tensor multipliers) with PES, one optimizer per asset class (equities: S&P 500 stocks; fx: FRED H.10 rates;
    indices: S&P 500, Nasdaq, WTI oil) and one on all three (a mixture, each class with its own
    batch of tasks). Each runs through `lopt-meta-train` in WORKDIR/<name> and resumes there.
 2. Walk-forward evaluation: every trading day from --tune-start to --test-stop, every sampled
@@ -67,6 +68,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="", help="folder holding finance/ (default: $LOPT_DATA_DIR)")
     parser.add_argument("--workdir", default=str(REPO / "runs" / "daily_retraining"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "daily_retraining.json"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "finance_daily.py"),
+                        help="meta-training config of the learned optimizer (asset class and budget are set here)")
     parser.add_argument("--meta-steps", type=int, default=1500, help="meta-training steps per optimizer")
     parser.add_argument("--meta-minutes", type=float, default=6.0, help="cap on each meta-training's time")
     parser.add_argument("--stocks", type=int, default=6, help="S&P 500 stocks sampled for the evaluation")
@@ -88,8 +91,8 @@ def price_folder(data_dir: str) -> Optional[Path]:
     return folder if all((folder / name).is_file() for name in PRICE_FILES) else None
 
 
-def optimizer_config_source(name: str, meta_steps: int, data_dir: str) -> str:
-    """Returns a config file's text: configs/finance_daily.py for one asset class (or all, as a mixture),
+def optimizer_config_source(name: str, meta_steps: int, data_dir: str, base_config: str) -> str:
+    """Returns a config file's text: `base_config` (e.g. configs/finance_daily.py) for one asset class (or all, as a mixture),
     meta-training `meta_steps` steps with the CPU split into one device per core and no end-of-run evaluation."""
     lines = [f"config.data_dir = {data_dir!r}", f"config.meta_train.num_steps = {meta_steps}",
              f"config.meta_train.meta_lr_schedule.kwargs.decay_steps = {meta_steps}",
@@ -105,22 +108,23 @@ def optimizer_config_source(name: str, meta_steps: int, data_dir: str) -> str:
         lines.append(f"config.task.kwargs.market = {CLASSES[name]!r}")
     body = textwrap.indent("\n".join(lines), "    ")
     return (
-        f'"""configs/finance_daily.py for the {name!r} optimizer (written by scripts/bench_daily_retraining.py)."""\n'
+        f'"""{Path(base_config).name} for the {name!r} optimizer (written by scripts/bench_daily_retraining.py)."""\n'
         "import importlib.util\n\nimport ml_collections\n\n"
-        f'_spec = importlib.util.spec_from_file_location("finance_daily", {str(REPO / "configs" / "finance_daily.py")!r})\n'
+        f'_spec = importlib.util.spec_from_file_location("finance_daily", {str(Path(base_config).resolve())!r})\n'
         "_base = importlib.util.module_from_spec(_spec)\n_spec.loader.exec_module(_base)\n\n\n"
         f"def get_config():\n    config = _base.get_config()\n{body}\n    return config\n"
     )
 
 
-def meta_train(name: str, workdir: Path, meta_steps: int, minutes: float, data_dir: str) -> Dict[str, Any]:
+def meta_train(name: str, workdir: Path, meta_steps: int, minutes: float, data_dir: str,
+               base_config: str) -> Dict[str, Any]:
     """Meta-trains (or resumes, or skips when exported) the optimizer `name`; returns its export path and time."""
     run_dir = workdir / f"lopt_{name}"
     export = run_dir / "optimizer.lopt"
     if not export.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         config_file = workdir / f"lopt_{name}_config.py"
-        config_file.write_text(optimizer_config_source(name, meta_steps, data_dir))
+        config_file.write_text(optimizer_config_source(name, meta_steps, data_dir, base_config))
         command = ["lopt-meta-train", "--config", str(config_file), "--workdir", str(run_dir), "--no-progress",
                    "--max-minutes", str(minutes)]
         print(f"[meta-train {name}] {' '.join(command)}", flush=True)
@@ -382,6 +386,9 @@ def plot(results: Dict[str, Any], path: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the benchmark; returns the exit status (2 when the price data is missing)."""
     args = parse_args(argv)
+    if not Path(args.config).is_file():
+        print(f"bench_daily_retraining: no config file {args.config}", file=sys.stderr)
+        return 2
     folder = price_folder(args.data_dir)
     if folder is None:
         where = Path(args.data_dir or os.environ.get("LOPT_DATA_DIR", "") or "(unset)") / "finance"
@@ -392,7 +399,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     began = time.perf_counter()
     workdir = Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    trained = {name: meta_train(name, workdir, args.meta_steps, args.meta_minutes, data_dir) for name in OPTIMIZERS}
+    trained = {name: meta_train(name, workdir, args.meta_steps, args.meta_minutes, data_dir, args.config)
+               for name in OPTIMIZERS}
     meta_seconds = time.perf_counter() - began
     results = evaluate(args, data_dir, {name: record["export"] for name, record in trained.items()})
     results["meta_training"] = trained

@@ -148,23 +148,27 @@ def test_family_errors_are_one_line():
         tasks.get("finance_daily", market=iid_series(), **{**SMALL, "l2": -1.0})
 
 
-def test_benchmark_without_data_folder_says_so_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("extra, message", [([], "no price data"),
+                                            (["--config", "configs/finance_daly.py"], "no config file")])
+def test_benchmark_without_its_inputs_says_so_in_one_line(tmp_path, capsys, extra, message):
     spec = importlib.util.spec_from_file_location("bench_daily_retraining", REPO / "scripts" / "bench_daily_retraining.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     status = bench.main(["--data-dir", str(tmp_path / "missing"), "--workdir", str(tmp_path / "work"),
-                         "--out", str(tmp_path / "out.json")])
+                         "--out", str(tmp_path / "out.json"), *extra])
     err = capsys.readouterr().err.strip()
-    assert status == 2 and len(err.splitlines()) == 1 and "no price data" in err
-    assert not (tmp_path / "out.json").exists()
+    assert status == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "work").exists()
 
 
-def test_config_builds_a_daily_refit_run():
+@pytest.mark.parametrize("config_file", ["finance_daily.py", "finance_daily_adam_multiplier.py"])
+def test_config_builds_a_daily_refit_run(config_file):
     from meta_train import build as build_lib
     from meta_train import config as config_lib
 
-    config = config_lib.load_config(REPO / "configs" / "finance_daily.py")
+    config = config_lib.load_config(REPO / "configs" / config_file)
     config.task.kwargs.market = "synthetic"
     run = build_lib.build(config)
     assert run.family.name == "finance_daily" and run.family.horizon == 5
+    assert run.learned_optimizer.name == config.optimizer.name
     assert run.trainer.horizon.min_length == config.eval.num_steps == 100
