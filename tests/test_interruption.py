@@ -142,3 +142,18 @@ def test_graceful_stop_records_the_signal_and_restores_the_handlers_after():
         assert stop.signal_name == "SIGTERM" and stop.exit_status == 143
     stop.reclaim_signals()
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_sigint_ignored_before_the_run_stays_ignored():
+    """A run started in the background by a script (`nohup cmd &`) inherits an ignored SIGINT; a stray Ctrl-C in
+    that terminal must not stop it, while SIGTERM still does."""
+    from meta_train.interruption import graceful_stop
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with graceful_stop():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -17,7 +17,10 @@ import numpy as np
 import lopt
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNER = "import sys; from meta_train.cli import meta_train_main; sys.exit(meta_train_main())"
+# The child takes SIGINT as a terminal's foreground job does: a test session started as a background job
+# (`cmd &` in a script) passes on an ignored SIGINT, which lopt-meta-train rightly leaves ignored.
+RUNNER = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "from meta_train.cli import meta_train_main; sys.exit(meta_train_main())")
 VOLATILE_METRICS = ("time", "inner_steps_per_s")
 
 TINY_CONFIG = textwrap.dedent(
