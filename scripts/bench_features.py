@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -72,14 +73,20 @@ def regularizer_change(weight: float) -> str:
             f"config.meta_train.regularizer.smoothness_weight = {weight!r}")
 
 
+CONV_LOPT_CHANGE = ("config.optimizer.name = 'conv_lopt'\n"
+                    "config.optimizer.kwargs = ml_collections.ConfigDict("
+                    "{'hidden_sizes': (32, 32), 'step_mult': 1e-2, 'exp_mult': 1e-3})")
+VALID_META_LOSS_CHANGE = "config.meta_train.meta_loss = 'valid'"
+
 ROWS: Dict[str, Row] = {
     "baseline": Row(_features(BASELINE_FEATURES)),
     **{name: Row(_features(BASELINE_FEATURES + (name,))) for name in ADDED_FEATURES},
     "all": Row(_features(BASELINE_FEATURES + ADDED_FEATURES)),
-    "conv_lopt": Row("config.optimizer.name = 'conv_lopt'\n"
-                     "config.optimizer.kwargs = ml_collections.ConfigDict("
-                     "{'hidden_sizes': (32, 32), 'step_mult': 1e-2, 'exp_mult': 1e-3})", needs="conv_lopt"),
+    "conv_lopt": Row(CONV_LOPT_CHANGE, needs="conv_lopt"),
     **{name: Row(regularizer_change(weight), needs="regularizer") for name, weight in REGULARIZER_WEIGHTS.items()},
+    # meta-trained on the validation loss of the inner run instead of its training loss
+    "baseline_valid": Row(f"{_features(BASELINE_FEATURES)}\n{VALID_META_LOSS_CHANGE}"),
+    "conv_lopt_valid": Row(f"{CONV_LOPT_CHANGE}\n{VALID_META_LOSS_CHANGE}", needs="conv_lopt"),
 }
 
 
@@ -156,7 +163,10 @@ def evaluate_rows(exports: Dict[str, str], workdir: Path) -> Dict[str, Any]:
     setting = evaluation_run.Setting("cnn_digits_heldout", "cnn_image", family_kwargs(), EVAL_STEPS)
     spec = evaluation_run.Spec(optimizers=tuple(sources), settings=(setting,), baselines=("adam",), seeds=(0,),
                                num_tasks=EVAL_TASKS, valid_every=0)
-    return evaluation_run.run_evaluation(spec, workdir / "evaluation", show_progress=False, tensorboard="off")
+    # one folder per set of rows: a rerun with other rows must not meet the earlier evaluation's arguments
+    rows_digest = hashlib.sha256("\n".join(sorted(exports)).encode()).hexdigest()[:10]
+    return evaluation_run.run_evaluation(spec, workdir / f"evaluation_{rows_digest}", show_progress=False,
+                                         tensorboard="off")
 
 
 def step_costs(exports: Dict[str, str], kwargs: Dict[str, Any], chunks: int = 7,
