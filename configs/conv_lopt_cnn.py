@@ -5,22 +5,19 @@ It is configs/feature_lopt.py's benchmark, loaded from that file (CNNs with 8 an
 kernels, average pooling, batch 32; 8 tasks per meta-step, truncations of 20 steps, inner runs of 200
 steps), with 1500 meta-steps, so the two compare. The convolution is conv_lopt's default, one layer
 of 8 channels with 3x3 kernels (`config.optimizer.kwargs.conv_channels`, `conv_kernel_size`); the other
-settings are small_fc_lopt's too, so `--config.optimizer.name=small_fc_lopt` meta-trains the per-parameter baseline on the same
-benchmark.
+settings are small_fc_lopt's too, so `--config.optimizer.name=small_fc_lopt` meta-trains the
+per-parameter baseline on the same benchmark.
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("feature_lopt_config", Path(__file__).with_name("feature_lopt.py"))
-_benchmark = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_benchmark)
+from meta_train.config import load_config
 
 
 def get_config():
-    config = _benchmark.get_config()
+    config = load_config(Path(__file__).with_name("feature_lopt.py"))
     kwargs = config.optimizer.kwargs
     config.optimizer.name = "conv_lopt"
     config.optimizer.kwargs = ml_collections.ConfigDict(

@@ -8,18 +8,15 @@ these refits from scratch; the multiplier network starts at zero, so before meta
 that rate.
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("finance_daily_config", Path(__file__).with_name("finance_daily.py"))
-_benchmark = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_benchmark)
+from meta_train.config import load_config
 
 
 def get_config():
-    config = _benchmark.get_config()
+    config = load_config(Path(__file__).with_name("finance_daily.py"))
     config.optimizer.name = "adam_multiplier"
     config.optimizer.kwargs = ml_collections.ConfigDict({"hidden_sizes": (16,), "learning_rate": 0.1})
     return config

@@ -15,9 +15,9 @@ full batch, 100 steps per refit (the fixed budget).
 
 1. Meta-training, on refit days up to 2016-12-30 only: the learned optimizer of --config
    (configs/finance_daily.py: small_fc_lopt; configs/finance_daily_adam_multiplier.py: Adam with
-   learned per-tensor multipliers) with PES, one optimizer per asset class (equities: S&P 500 stocks; fx: FRED H.10 rates;
-   indices: S&P 500, Nasdaq, WTI oil) and one on all three (a mixture, each class with its own
-   batch of tasks). Each runs through `lopt-meta-train` in WORKDIR/<name> and resumes there.
+   learned per-tensor multipliers) with PES, one optimizer per asset class (equities: S&P 500
+   stocks; fx: FRED H.10 rates; indices: S&P 500, Nasdaq, WTI oil) and one on all three (a
+   mixture, each class with its own batch of tasks). Each runs through `lopt-meta-train` in WORKDIR/<name> and resumes there.
 2. Walk-forward evaluation: every trading day from --tune-start to --test-stop, every sampled
    asset is refitted on its trailing window by every optimizer, from scratch (the same fresh
    weights for every optimizer) and warm-started from the same optimizer's model of the day
@@ -92,8 +92,8 @@ def price_folder(data_dir: str) -> Optional[Path]:
 
 
 def optimizer_config_source(name: str, meta_steps: int, data_dir: str, base_config: str) -> str:
-    """Returns a config file's text: `base_config` (e.g. configs/finance_daily.py) for one asset class (or all, as a mixture),
-    meta-training `meta_steps` steps with the CPU split into one device per core and no end-of-run evaluation."""
+    """Returns a config file's text: `base_config` (e.g. configs/finance_daily.py) for one asset class (or all, as a
+    mixture), meta-training `meta_steps` steps with the CPU split into one device per core and no end-of-run evaluation."""
     lines = [f"config.data_dir = {data_dir!r}", f"config.meta_train.num_steps = {meta_steps}",
              f"config.meta_train.meta_lr_schedule.kwargs.decay_steps = {meta_steps}",
              "config.eval.enabled = False", "config.tensorboard.mode = 'off'",
@@ -109,18 +109,19 @@ def optimizer_config_source(name: str, meta_steps: int, data_dir: str, base_conf
     body = textwrap.indent("\n".join(lines), "    ")
     return (
         f'"""{Path(base_config).name} for the {name!r} optimizer (written by scripts/bench_daily_retraining.py)."""\n'
-        "import importlib.util\n\nimport ml_collections\n\n"
-        f'_spec = importlib.util.spec_from_file_location("finance_daily", {str(Path(base_config).resolve())!r})\n'
-        "_base = importlib.util.module_from_spec(_spec)\n_spec.loader.exec_module(_base)\n\n\n"
-        f"def get_config():\n    config = _base.get_config()\n{body}\n    return config\n"
+        "import ml_collections\n\nfrom meta_train.config import load_config\n\n\n"
+        f"def get_config():\n    config = load_config({str(Path(base_config).resolve())!r})\n{body}\n"
+        "    return config\n"
     )
 
 
 def meta_train(name: str, workdir: Path, meta_steps: int, minutes: float, data_dir: str,
                base_config: str) -> Dict[str, Any]:
     """Meta-trains (or resumes, or skips when exported) the optimizer `name`; returns its export path and time."""
+    from meta_train.files import EXPORT_FILE
+
     run_dir = workdir / f"lopt_{name}"
-    export = run_dir / "optimizer.lopt"
+    export = run_dir / EXPORT_FILE
     if not export.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         config_file = workdir / f"lopt_{name}_config.py"
@@ -311,7 +312,8 @@ def markdown(results: Dict[str, Any]) -> str:
                 naive = row["naive_oos_loss"]
                 out.append(f"| {label} | {group} | {row['median_speedup']:.2f} | {row['iqm_speedup']:.2f} | "
                            f"{row['worst_decile_speedup']:.2f} | {row['reached']:.0%} | "
-                           f"{row['median_early_train_ratio']:.3f} | {row['median_final_train_ratio']:.3f} | {row['oos_loss']:.4f} | {row['oos_ratio']:.3f} "
+                           f"{row['median_early_train_ratio']:.3f} | {row['median_final_train_ratio']:.3f} | "
+                           f"{row['oos_loss']:.4f} | {row['oos_ratio']:.3f} "
                            f"[{row['oos_ratio_low']:.3f}, {row['oos_ratio_high']:.3f}] |")
             out.append(f"| naive forecast (window mean) | {group} | | | | | | | {naive:.4f} | |")
         out += ["", "Tuned learning rates chosen over the test days (refits per rate): " + "; ".join(

@@ -111,10 +111,8 @@ def row_config_source(change: str, meta_steps: int, num_tasks: int = 4) -> str:
     body = textwrap.indent(f"{change}\n{budget}", "    ")
     return (
         '"""configs/feature_lopt.py with one ablation change (written by scripts/bench_features.py)."""\n'
-        "import importlib.util\n\nimport ml_collections\n\n"
-        f'_spec = importlib.util.spec_from_file_location("feature_lopt_config", {str(BASE_CONFIG)!r})\n'
-        "_base = importlib.util.module_from_spec(_spec)\n_spec.loader.exec_module(_base)\n\n\n"
-        f"def get_config():\n    config = _base.get_config()\n{body}\n    return config\n"
+        "import ml_collections\n\nfrom meta_train.config import load_config\n\n\n"
+        f"def get_config():\n    config = load_config({str(BASE_CONFIG)!r})\n{body}\n    return config\n"
     )
 
 

@@ -130,7 +130,8 @@ def run_child(args) -> list:
               for network in args.network]
     runs = {}
     for setup in setups:
-        trainer = build(*setup[:1], devices, *setup[1:], args)
+        task_map, chunks, network = setup
+        trainer = build(task_map, devices, chunks, network, args)
         state, init_seconds, first_step_seconds = measure(trainer, args)
         runs[setup] = {"trainer": trainer, "state": state, "rates": [],
                        "init_seconds": init_seconds, "first_step_seconds": first_step_seconds}
@@ -145,15 +146,19 @@ def run_child(args) -> list:
             run["rates"].append(trainer.inner_steps_per_meta_step * args.meta_steps / (time.perf_counter() - began))
             run["state"] = state
     first = np.asarray(next(iter(runs.values()))["rates"])
-    return [{"task_map": runs[setup]["trainer"].estimator.task_map if args.config else task_map,
-             "devices": devices, "concurrent_chunks": chunks, "network": network,
-             "xla_flags": os.environ.get("XLA_FLAGS", ""),
-             "inner_steps_per_s": float(np.median(run["rates"])), "rates": run["rates"],
-             # per repeat, to the first setting measured in the same process and repeat
-             "paired_ratios": (np.asarray(run["rates"]) / first).tolist(),
-             "init_compile_seconds": run["init_seconds"], "first_meta_step_seconds": run["first_step_seconds"],
-             **({"loop_unrolling": args.config_unrolling, "one_thread_per_device": devices > 1} if args.config else {})}
-            for setup, run in runs.items() for task_map, chunks, network in [setup]]
+    rows = []
+    for (task_map, chunks, network), run in runs.items():
+        rows.append({
+            "task_map": run["trainer"].estimator.task_map if args.config else task_map,
+            "devices": devices, "concurrent_chunks": chunks, "network": network,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "inner_steps_per_s": float(np.median(run["rates"])), "rates": run["rates"],
+            # per repeat, to the first setting measured in the same process and repeat
+            "paired_ratios": (np.asarray(run["rates"]) / first).tolist(),
+            "init_compile_seconds": run["init_seconds"], "first_meta_step_seconds": run["first_step_seconds"],
+            **({"loop_unrolling": args.config_unrolling, "one_thread_per_device": devices > 1} if args.config else {}),
+        })
+    return rows
 
 
 def child_command(args, devices: int, one_thread: str, unrolling: str, cache_dir: str = "") -> list:

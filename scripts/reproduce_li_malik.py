@@ -106,20 +106,16 @@ def meta_optimizer(args: argparse.Namespace) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
-RESUMED: List[str] = []  # trainings loaded from --workdir instead of run by this invocation
-
-
 def meta_train_policy(args: argparse.Namespace, training: tasks.TaskFamily, estimator: Any, label: str
-                      ) -> Tuple[Any, List[float], float]:
-    """Meta-trains li_malik_policy with `estimator`; returns (meta-params, meta-losses, seconds), resuming from
-    the export in --workdir when this training finished before."""
+                      ) -> Tuple[Any, List[float], float, bool]:
+    """Meta-trains li_malik_policy with `estimator`; returns (meta-params, meta-losses, seconds, loaded), loading
+    the export in --workdir (loaded=True) when this training finished before."""
     optimizer = lopt.get("li_malik_policy")
     path = Path(args.workdir) / f"{label}.lopt"
     if path.exists():
         loaded = lopt.load(path)
         print(f"{label}: loaded {path}", flush=True)
-        RESUMED.append(label)
-        return loaded.meta_params, loaded.provenance["meta_losses"], loaded.provenance["seconds"]
+        return loaded.meta_params, loaded.provenance["meta_losses"], loaded.provenance["seconds"], True
     trainer = meta_train.Trainer(training, optimizer, estimator=estimator,
                                  horizon=meta_train.ConstantHorizon(args.horizon, stagger=False),
                                  meta_optimizer=meta_optimizer(args))
@@ -137,7 +133,7 @@ def meta_train_policy(args: argparse.Namespace, training: tasks.TaskFamily, esti
                   "inner_steps_per_meta_step": trainer.inner_steps_per_meta_step}
     path.parent.mkdir(parents=True, exist_ok=True)
     lopt.save(path, optimizer, state.meta_params, provenance=provenance)
-    return state.meta_params, losses, seconds
+    return state.meta_params, losses, seconds, False
 
 
 def tuned_curves(family: tasks.TaskFamily, baseline: Any, train_keys: jax.Array, eval_keys: jax.Array,
@@ -330,10 +326,13 @@ def main() -> None:
     pg = PolicyGradient(num_tasks=args.num_tasks, trunc_length=args.horizon, num_particles=args.particles,
                         std=args.std, learn_std=True, gamma=args.gamma)
     results: Dict[str, Any] = {"classes": {}, "meta_losses": {}, "meta_train_seconds": {}}
+    loaded_seconds: Dict[str, float] = {}  # trainings loaded from --workdir instead of run by this invocation
     for name, (family_name, kwargs) in PROBLEMS.items():
         family = tasks.get(family_name, **kwargs)
         training = TrainingObjectives(family, train_keys)
-        theta, losses, seconds = meta_train_policy(args, training, pg, f"policy_gradient_{name}")
+        theta, losses, seconds, loaded = meta_train_policy(args, training, pg, f"policy_gradient_{name}")
+        if loaded:
+            loaded_seconds[f"policy_gradient_{name}"] = seconds
         results["meta_losses"][name] = losses
         results["meta_train_seconds"][name] = seconds
         results["classes"][name], runs = evaluate_class(args, name, family, theta, train_keys, eval_keys)
@@ -345,7 +344,9 @@ def main() -> None:
     family = tasks.get(PROBLEMS[PES_CLASS][0], **PROBLEMS[PES_CLASS][1])
     training = TrainingObjectives(family, train_keys)
     pes = PES(num_tasks=args.num_tasks * args.particles // 2, trunc_length=args.horizon, std=args.pes_std)
-    pes_theta, pes_losses, pes_seconds = meta_train_policy(args, training, pes, f"pes_{PES_CLASS}")
+    pes_theta, pes_losses, pes_seconds, loaded = meta_train_policy(args, training, pes, f"pes_{PES_CLASS}")
+    if loaded:
+        loaded_seconds[f"pes_{PES_CLASS}"] = pes_seconds
     policy = lopt.get("li_malik_policy")
     pes_curves = evaluate.train_curves(family, policy, pes_theta, eval_keys, args.eval_steps, final_batches=1)
     pes_runs = with_final(pes_curves.train_losses, pes_curves.final_losses)
@@ -382,10 +383,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU" if jax.default_backend() == "cpu"
         else jax.default_backend(),
         "date": time.strftime("%Y-%m-%d"), "total_seconds": round(time.time() - start, 1),
-        "trainings_loaded_from_workdir": list(RESUMED),
-        "loaded_trainings_seconds": round(sum(results["meta_train_seconds"].get(label.split("_", 2)[-1], 0.0)
-                                              for label in RESUMED if label.startswith("policy_gradient_"))
-                                          + (pes_seconds if f"pes_{PES_CLASS}" in RESUMED else 0.0), 1),
+        "trainings_loaded_from_workdir": list(loaded_seconds),
+        "loaded_trainings_seconds": round(sum(loaded_seconds.values()), 1),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(results, indent=1))
